@@ -1,0 +1,133 @@
+"""``DigitsDataModule``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), no download."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """Shift a ``[C, H, W]`` image by up to ``max_shift`` pixels in each direction, filling with the border value.
+
+    Example:
+        >>> image = torch.arange(16.0).view(1, 4, 4)
+        >>> random_shift(image, max_shift=0).equal(image)
+        True
+    """
+    if max_shift == 0:
+        return image
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
+    padded = torch.nn.functional.pad(image.unsqueeze(0), [max_shift] * 4, mode="replicate").squeeze(0)
+    height, width = image.shape[-2:]
+    top, left = max_shift + dy, max_shift + dx
+    return padded[..., top : top + height, left : left + width]
+
+
+class DigitsDataset(Dataset):
+    """Images ``[N, 1, 8, 8]`` (standardised) and labels ``[N]``; items are ``(x, y)`` or ``(x, y, index)``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, max_shift: int = 0, return_index: bool = False) -> None:
+        self.images, self.labels = images, labels
+        self.max_shift, self.return_index = max_shift, return_index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        image = random_shift(self.images[index], self.max_shift)
+        if self.return_index:
+            return image, self.labels[index], torch.tensor(index)
+        return image, self.labels[index]
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """Seeded, stratified train/val/test split of ``sklearn.datasets.load_digits``.
+
+    Pixels (0-16) are standardised with the training split's mean and standard deviation.
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: dataloader worker processes.
+        val_fraction: share of all samples held out for validation.
+        test_fraction: share of all samples held out for testing.
+        seed: seed of the split (independent of the training seed).
+        augment: one-pixel random shifts of the training images.
+        return_index: batches are ``(x, y, index)`` with the sample's position in its split (for per-sample state).
+        train_fraction: use only this share of the training split (stratified), for low-data experiments.
+    """
+
+    num_classes = 10
+    input_shape = (1, 8, 8)
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        augment: bool = False,
+        return_index: bool = False,
+        train_fraction: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"expected 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1 but got "
+                f"val_fraction={val_fraction}, test_fraction={test_fraction}."
+            )
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"expected 0 < train_fraction <= 1 but got train_fraction={train_fraction}.")
+        self.save_hyperparameters()
+        self.splits: dict[str, DigitsDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        digits = load_digits()
+        images = digits.images.astype(np.float32)[:, None]
+        labels = digits.target.astype(np.int64)
+        indices = np.arange(len(labels))
+        train_val, test = train_test_split(
+            indices, test_size=hp.test_fraction, stratify=labels, random_state=hp.seed
+        )
+        val_share = hp.val_fraction / (1 - hp.test_fraction)
+        train, val = train_test_split(
+            train_val, test_size=val_share, stratify=labels[train_val], random_state=hp.seed
+        )
+        if hp.train_fraction < 1:
+            train, _ = train_test_split(
+                train, train_size=hp.train_fraction, stratify=labels[train], random_state=hp.seed
+            )
+        mean, std = images[train].mean(), images[train].std()
+        tensors = torch.from_numpy((images - mean) / std), torch.from_numpy(labels)
+        for name, split in (("train", train), ("val", val), ("test", test)):
+            shift = 1 if (hp.augment and name == "train") else 0
+            split = torch.from_numpy(np.sort(split))
+            self.splits[name] = DigitsDataset(
+                tensors[0][split], tensors[1][split], max_shift=shift, return_index=hp.return_index
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,110 @@
+"""``FeatureTap``: capture intermediate outputs of named submodules with forward hooks, on unmodified models.
+
+Names are ``model.named_modules()`` paths (``layer3``, ``blocks.4``, ``features.7``), as in timm's ``FeatureHooks``.
+The tap is a plain object, not an ``nn.Module``: nothing of it is registered on the model or saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+LOGITS = "logits"
+
+
+def extract_logits(output: Any) -> Tensor:
+    """Return the logits of a model output: a tensor, an object with ``.logits``, or a tuple whose first item is logits."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(
+        f"expected the model to return logits (a Tensor, an object with .logits, or a tuple starting with logits) "
+        f"but got {type(output).__name__}; wrap the model so that forward returns logits."
+    )
+
+
+def resolve_module(model: nn.Module, name: str, role: str = "model") -> nn.Module:
+    """Return ``model``'s submodule at ``name`` or raise a ``ValueError`` listing the nearest valid names."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    valid = [n for n in modules if n]
+    nearest = difflib.get_close_matches(name, valid, n=5, cutoff=0.4) or valid[:5]
+    raise ValueError(
+        f"{role} {type(model).__name__} has no submodule named {name!r}; nearest valid names: "
+        f"{', '.join(repr(n) for n in nearest)} (all names: `[n for n, _ in model.named_modules()]`)."
+    )
+
+
+class FeatureTap:
+    """Run a model and return its logits plus the outputs of the named submodules, in one forward pass.
+
+    Args:
+        model: any ``nn.Module`` (ours, timm, torchvision); it is not modified beyond forward hooks.
+        names: ``named_modules()`` paths to capture; ``"logits"`` is the model output and needs no hook.
+        role: "student"/"teacher"/... used in error messages.
+
+    Calling the tap returns ``{"logits": [B, C], name: feature, ...}``. Captured features are the module outputs
+    themselves (no copy): tap modules whose output is not modified in place afterwards.
+
+    Example:
+        >>> import torch
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> tap = FeatureTap(net, ["1"])
+        >>> {k: tuple(v.shape) for k, v in tap(torch.randn(2, 4)).items()}
+        {'logits': (2, 3), '1': (2, 8)}
+        >>> tap.remove()
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str] = (), role: str = "model") -> None:
+        self.model, self.role = model, role
+        self.names = tuple(dict.fromkeys(n for n in names if n != LOGITS))
+        self._captured: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        for name in self.names:
+            module = resolve_module(model, name, role)
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"{self.role} submodule {name!r} ({type(module).__name__}) returned {type(output).__name__}, "
+                    f"not a Tensor; tap one of its submodules that returns a tensor instead."
+                )
+            self._captured[name] = output
+
+        return hook
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        self._captured = {}
+        outputs = {LOGITS: extract_logits(self.model(*args, **kwargs))}
+        missing = [n for n in self.names if n not in self._captured]
+        if missing:
+            raise RuntimeError(f"{self.role} submodules {missing} were not called in forward; tap modules on the path.")
+        outputs.update(self._captured)
+        self._captured = {}
+        return outputs
+
+    def remove(self) -> None:
+        """Remove all hooks; the model is left exactly as it was."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"FeatureTap({type(self.model).__name__}, names={list(self.names)})"

@@ -1,0 +1,45 @@
+"""Input checks shared by the losses: each raises a ``ValueError`` that names the problem and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise unless ``value > 0`` (temperatures, kernel widths, ...)."""
+    if not value > 0:
+        raise ValueError(f"expected {name} > 0 but got {name}={value}; pass a positive {name}.")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """Raise unless ``value >= 0`` (loss weights, mixing coefficients, ...)."""
+    if not value >= 0:
+        raise ValueError(f"expected {name} >= 0 but got {name}={value}; pass a non-negative {name}.")
+
+
+def check_same_batch(student: Tensor, teacher: Tensor) -> None:
+    """Raise unless student and teacher tensors hold the same number of samples (dim 0)."""
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"expected student and teacher outputs for the same batch but got batch sizes "
+            f"{student.shape[0]} (student) and {teacher.shape[0]} (teacher); feed both networks the same inputs."
+        )
+
+
+def check_same_shape(student: Tensor, teacher: Tensor, loss: str, fix: str) -> None:
+    """Raise unless student and teacher tensors have identical shapes; ``fix`` says which adapter to add."""
+    check_same_batch(student, teacher)
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{loss} expected student and teacher tensors of the same shape but got "
+            f"{tuple(student.shape)} (student) and {tuple(teacher.shape)} (teacher); {fix}"
+        )
+
+
+def check_ndim(tensor: Tensor, ndims: Sequence[int], loss: str, role: str) -> None:
+    """Raise unless ``tensor.ndim`` is one of ``ndims`` (``role`` is "student" or "teacher")."""
+    if tensor.ndim not in ndims:
+        expected = " or ".join(f"{n}-d" for n in ndims)
+        raise ValueError(f"{loss} expected a {expected} {role} tensor but got shape {tuple(tensor.shape)}.")

@@ -1,0 +1,46 @@
+"""``Classifier``: plain supervised training on the distillation code path (trains teachers and baselines)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from kd_lightning.modules.base import DistillationModule
+
+
+class Classifier(DistillationModule):
+    """Cross-entropy training of one network: the teacher before distillation, or the student-alone baseline.
+
+    Args:
+        network: the network to train; saved in checkpoints under ``student.`` (so it can teach later).
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        optimizer: optimizer factory applied to the network's parameters.
+        lr_scheduler: optional scheduler factory, stepped every epoch.
+        label_smoothing: label smoothing of the cross-entropy.
+
+    Example:
+        >>> from kd_lightning.models import DigitsMLP
+        >>> model = Classifier(DigitsMLP(hidden=(16,)))
+        >>> model(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            student=network,
+            terms=[],
+            ce_weight=1.0,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            label_smoothing=label_smoothing,
+        )
+        self.save_init_arguments()

@@ -1,0 +1,105 @@
+"""``OfflineDistillation``: a trained, frozen teacher distils into a student (Hinton et al. 2015 and any terms)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
+
+from kd_lightning.features import FeatureTap
+from kd_lightning.losses import KDLoss
+from kd_lightning.modules.base import Batch, DistillationModule
+from kd_lightning.objective import DistillTerm
+from kd_lightning.teacher import freeze, load_weights
+
+TEACHER_PREFIX = "teacher."
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+
+
+class OfflineDistillation(DistillationModule):
+    """Distil a frozen, trained teacher into a student.
+
+    Loss = ``ce_weight * CE(student, y) + sum_i weight_i * loss_i(student, teacher)``. With ``terms=None`` it is
+    Hinton et al., "Distilling the Knowledge in a Neural Network" (2015): ``0.1 * CE + 0.9 * KD(T=4)``, the
+    weights of the CRD benchmark recipe; with explicit ``terms`` the CE weight defaults to 1.
+
+    The teacher is frozen: no gradients, eval mode that survives ``train()`` calls (BatchNorm statistics and dropout
+    never change), run under ``torch.no_grad()``, never in the optimizer, and not saved in checkpoints (the live
+    teacher is re-attached on load, so strict loading and ``ckpt_path`` resume work).
+
+    Args:
+        student: the network to train and deploy.
+        teacher: the teacher's architecture.
+        teacher_weights: its weights: a ``.ckpt`` (e.g. of a ``Classifier``) or ``.pt``/``.safetensors`` state dict;
+            ``None`` keeps the teacher's current weights (already trained in Python).
+        terms: distillation terms; ``None`` means Hinton KD, ``[DistillTerm(KDLoss(temperature=4), weight=0.9)]``.
+        ce_weight: weight of the hard-label loss; ``None`` means 0.1 with the default KD term, else 1.0.
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        optimizer: optimizer factory (student and loss adapters only).
+        lr_scheduler: optional scheduler factory, stepped every epoch.
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        teacher_weights: str | Path | None = None,
+        terms: Sequence[DistillTerm] | None = None,
+        ce_weight: float | None = None,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if terms is None:
+            terms = [DistillTerm(KDLoss(temperature=4.0), weight=0.9)]
+            ce_weight = 0.1 if ce_weight is None else ce_weight
+        super().__init__(
+            student=student,
+            terms=terms,
+            ce_weight=1.0 if ce_weight is None else ce_weight,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            label_smoothing=label_smoothing,
+        )
+        if teacher_weights is not None:
+            load_weights(teacher, teacher_weights, role="teacher")
+        self.teacher = freeze(teacher)
+        self.teacher_tap = FeatureTap(teacher, self.objective.teacher_layers, role="teacher")
+        self.save_init_arguments()
+
+    def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return self.teacher_tap(batch[0])
+
+    def train(self, mode: bool = True) -> OfflineDistillation:
+        """Switch the student (and adapters) to ``mode``; the teacher always stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        """Silence Lightning's eval-mode warning only when every module in eval mode is the frozen teacher's."""
+        eval_modules = [name for name, module in self.named_modules() if not module.training]
+        if eval_modules and all(name.startswith("teacher") for name in eval_modules):
+            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen teacher from the checkpoint: it is re-attached from ``teacher_weights`` on load."""
+        checkpoint["state_dict"] = {
+            key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(TEACHER_PREFIX)
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Insert the live teacher's weights so that strict loading of the teacher-less checkpoint succeeds."""
+        state_dict = checkpoint["state_dict"]
+        for key, value in self.teacher.state_dict().items():
+            state_dict[TEACHER_PREFIX + key] = value

@@ -1,0 +1,171 @@
+"""The training objective: ``ce_weight * CE(student, y) + sum_i weight_i(epoch) * loss_i(student, teacher)``.
+
+A :class:`DistillTerm` is one distillation loss, its weight (optionally ramped up linearly over the first epochs, as
+DKD's warm-up) and the outputs it compares: ``"logits"`` or ``named_modules()`` paths of the student and of the
+teacher (a list of paths for multi-layer relations such as FSP). :class:`Objective` sums the hard-label loss and the
+terms and returns every weighted component by name, so each one can be logged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kd_lightning.features import LOGITS
+
+Outputs = Mapping[str, Tensor]
+LayerSpec = str | Sequence[str]
+
+
+def _as_names(spec: LayerSpec) -> tuple[str, ...]:
+    return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def _default_name(loss: nn.Module) -> str:
+    """``KDLoss`` -> ``kd``, ``FitNetsLoss`` -> ``fitnets``, ``RKDLoss`` -> ``rkd``."""
+    return re.sub(r"Loss$", "", type(loss).__name__).lower() or "term"
+
+
+class DistillTerm(nn.Module):
+    """One weighted distillation loss between chosen student and teacher outputs.
+
+    Args:
+        loss: an ``nn.Module`` with ``forward(student, teacher, target=None) -> scalar`` (see ``kd_lightning.losses``).
+        weight: multiplier of the loss (``>= 0``).
+        student: what the loss reads from the student: ``"logits"`` or a ``named_modules()`` path such as ``layer3``;
+            a list of paths passes a tuple of tensors (multi-layer relations).
+        teacher: the same for the teacher; defaults to ``student``.
+        warmup_epochs: ramp the weight linearly as ``weight * min((epoch + 1) / warmup_epochs, 1)`` (0 = off).
+        name: the key under which the weighted loss is logged (``train/<name>``); defaults to the loss class name
+            without ``Loss``, lower-cased (``kd``, ``at``, ``rkd``).
+
+    Example:
+        >>> from kd_lightning.losses import KDLoss
+        >>> term = DistillTerm(KDLoss(temperature=4.0), weight=0.9)
+        >>> logits = {"logits": torch.randn(8, 10)}
+        >>> float(term(logits, logits)) < 1e-6
+        True
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        weight: float = 1.0,
+        student: LayerSpec = LOGITS,
+        teacher: LayerSpec | None = None,
+        warmup_epochs: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"expected a DistillTerm weight >= 0 but got weight={weight} for {type(loss).__name__}.")
+        if warmup_epochs < 0:
+            raise ValueError(f"expected warmup_epochs >= 0 but got warmup_epochs={warmup_epochs}.")
+        self.student_names = _as_names(student)
+        self.teacher_names = _as_names(teacher if teacher is not None else student)
+        if not self.student_names or len(self.student_names) != len(self.teacher_names):
+            raise ValueError(
+                f"expected the same (non-zero) number of student and teacher outputs but got student "
+                f"{list(self.student_names)} and teacher {list(self.teacher_names)} for {type(loss).__name__}."
+            )
+        self.multi_layer = not isinstance(student, str)
+        self.loss = loss
+        self.weight = float(weight)
+        self.warmup_epochs = warmup_epochs
+        self.name = name or _default_name(loss)
+
+    def weight_at(self, epoch: int) -> float:
+        """The weight in this (0-based) epoch, after the linear warm-up."""
+        if self.warmup_epochs == 0:
+            return self.weight
+        return self.weight * min((epoch + 1) / self.warmup_epochs, 1.0)
+
+    def select(self, outputs: Outputs, names: Sequence[str]) -> Tensor | tuple[Tensor, ...]:
+        """Pick this term's inputs from a ``{name: tensor}`` dict: one tensor, or a tuple for a list of names."""
+        selected = tuple(outputs[name] for name in names)
+        return selected if self.multi_layer else selected[0]
+
+    def forward(self, student: Outputs, teacher: Outputs, target: Tensor | None = None, epoch: int = 0) -> Tensor:
+        """Weighted loss; teacher outputs are detached (a target, never trained through this term)."""
+        teacher_inputs = self.select(teacher, self.teacher_names)
+        if isinstance(teacher_inputs, tuple):
+            teacher_inputs = tuple(t.detach() for t in teacher_inputs)
+        else:
+            teacher_inputs = teacher_inputs.detach()
+        return self.weight_at(epoch) * self.loss(self.select(student, self.student_names), teacher_inputs, target)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, weight={self.weight}, student={list(self.student_names)}, "
+            f"teacher={list(self.teacher_names)}, warmup_epochs={self.warmup_epochs}"
+        )
+
+
+def _unique_names(terms: Sequence[DistillTerm]) -> None:
+    """Rename terms in place so every logged key is unique (``at_layer1``, ``at_layer2``, then ``at_2``...)."""
+    seen: set[str] = {"ce", "loss"}
+    base_counts: dict[str, int] = {}
+    for term in terms:
+        base_counts[term.name] = base_counts.get(term.name, 0) + 1
+    for index, term in enumerate(terms):
+        name = term.name
+        if base_counts[name] > 1:
+            name = f"{name}_{'_'.join(term.student_names)}".replace(".", "_")
+        if name in seen:
+            name = f"{name}_{index}"
+        term.name = name
+        seen.add(name)
+
+
+class Objective(nn.Module):
+    """Hard-label cross-entropy plus a list of distillation terms, returned as a dict of weighted components.
+
+    Args:
+        terms: the distillation terms.
+        ce_weight: weight of the cross-entropy with the labels (``>= 0``).
+        label_smoothing: label smoothing of the cross-entropy.
+
+    ``forward`` returns ``{"ce": ce_weight * CE, term.name: weighted term, ...}``; the total loss is their sum.
+    """
+
+    def __init__(self, terms: Sequence[DistillTerm] = (), ce_weight: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not ce_weight >= 0:
+            raise ValueError(f"expected ce_weight >= 0 but got ce_weight={ce_weight}.")
+        for term in terms:
+            if not isinstance(term, DistillTerm):
+                raise TypeError(f"expected DistillTerm items in terms but got {type(term).__name__}.")
+        _unique_names(list(terms))
+        self.terms = nn.ModuleList(terms)
+        self.ce_weight = float(ce_weight)
+        self.label_smoothing = label_smoothing
+
+    @property
+    def student_layers(self) -> list[str]:
+        """Every student output the terms read (module paths and ``logits``), in order, without repeats."""
+        return list(dict.fromkeys(name for term in self.terms for name in term.student_names))
+
+    @property
+    def teacher_layers(self) -> list[str]:
+        """Every teacher output the terms read, in order, without repeats."""
+        return list(dict.fromkeys(name for term in self.terms for name in term.teacher_names))
+
+    def forward(
+        self, student: Outputs, teacher: Outputs | None, target: Tensor, epoch: int = 0
+    ) -> dict[str, Tensor]:
+        ce = F.cross_entropy(student[LOGITS].float(), target, label_smoothing=self.label_smoothing)
+        losses = {"ce": self.ce_weight * ce}
+        if self.terms and teacher is None:
+            raise ValueError("distillation terms need teacher outputs but got none; use a module with a teacher.")
+        for term in self.terms:
+            losses[term.name] = term(student, teacher, target, epoch)
+        return losses
+
+
+def total_loss(losses: Mapping[str, Tensor]) -> Tensor:
+    """Sum of the weighted components returned by :class:`Objective`."""
+    return torch.stack([value.float() for value in losses.values()]).sum()

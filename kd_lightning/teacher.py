@@ -1,0 +1,98 @@
+"""Load, check and freeze a teacher network.
+
+Weights come from a Lightning checkpoint (``.ckpt``, e.g. of a :class:`~kd_lightning.Classifier`) or a state-dict file
+(``.pt``/``.pth``/``.bin``/``.safetensors``). Prefixes added by wrappers (``student.``, ``network.``, ``model.``,
+``module.``, ``teacher.``, ``_orig_mod.``) are stripped to match the architecture, and loading stays strict: a
+checkpoint of another architecture is an error that lists the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+WRAPPER_PREFIXES = ("student.", "network.", "model.", "module.", "teacher.", "net.")
+TEACHER_COMMAND = "kd-lightning fit --config configs/digits/teacher.yaml"
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read the tensors of a checkpoint or state-dict file (``weights_only``: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint {str(path)!r} not found (working directory {str(Path.cwd())!r}). Train a teacher "
+            f"first, e.g. `{TEACHER_COMMAND}` writes checkpoints/digits_teacher.safetensors, or point "
+            f"`teacher_weights` to an existing .ckpt/.pt/.safetensors file."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ValueError(f"expected a state dict of tensors in {str(path)!r} but got {type(loaded).__name__}.")
+    return dict(loaded)
+
+
+def strip_prefixes(state_dict: Mapping[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
+    """Return the view of ``state_dict`` whose keys best match ``model_keys``, removing one wrapper prefix.
+
+    ``_orig_mod.`` (added by ``torch.compile``) is removed wherever it appears. When a checkpoint holds several
+    networks (``student.*`` and ``teacher.*``), the prefix that matches the most model keys wins.
+    """
+    cleaned = {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
+    candidates = [cleaned]
+    for prefix in WRAPPER_PREFIXES:
+        stripped = {k[len(prefix) :]: v for k, v in cleaned.items() if k.startswith(prefix)}
+        if stripped:
+            candidates.append(stripped)
+    return max(candidates, key=lambda candidate: (len(model_keys & candidate.keys()), -len(candidate)))
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{f' ... ({len(keys)} in all)' if len(keys) > limit else ''}"
+
+
+def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> nn.Module:
+    """Load ``path`` into ``model`` strictly, with an error that names every key that does not fit."""
+    model_state = model.state_dict()
+    state_dict = strip_prefixes(read_state_dict(path), set(model_state))
+    missing = sorted(set(model_state) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(model_state))
+    mis_shaped = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(model_state[key].shape)}"
+        for key in sorted(set(state_dict) & set(model_state))
+        if state_dict[key].shape != model_state[key].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        problems = [
+            f"missing keys: {_describe(missing)}" if missing else "",
+            f"unexpected keys: {_describe(unexpected)}" if unexpected else "",
+            f"shape mismatches: {_describe(mis_shaped, 4)}" if mis_shaped else "",
+        ]
+        raise ValueError(
+            f"{role} checkpoint {str(path)!r} does not fit {type(model).__name__}: "
+            f"{'; '.join(p for p in problems if p)}. Check that the {role}'s class_path and init_args "
+            f"(e.g. width, num_classes) are those the checkpoint was trained with."
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Turn off gradients and put the model in eval mode (BatchNorm statistics and dropout stay fixed)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not) of a network."""
+    return sum(p.numel() for p in model.parameters())
