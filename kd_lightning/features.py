@@ -7,6 +7,7 @@ The tap is a plain object, not an ``nn.Module``: nothing of it is registered on 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ LOGITS = "logits"
 
 
 def extract_logits(output: Any) -> Tensor:
-    """Return the logits of a model output: a tensor, an object with ``.logits``, or a tuple whose first item is logits."""
+    """Return the logits of a model output: a tensor, an object with ``.logits``, or a tuple starting with logits."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)
@@ -71,18 +72,16 @@ class FeatureTap:
         self._handles: list[RemovableHandle] = []
         for name in self.names:
             module = resolve_module(model, name, role)
-            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+            self._handles.append(module.register_forward_hook(functools.partial(self._capture, name)))
 
-    def _make_hook(self, name: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(
-                    f"{self.role} submodule {name!r} ({type(module).__name__}) returned {type(output).__name__}, "
-                    f"not a Tensor; tap one of its submodules that returns a tensor instead."
-                )
-            self._captured[name] = output
-
-        return hook
+    def _capture(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        """Forward hook (a partial of a bound method, so models with taps stay picklable for ``ddp_spawn``)."""
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{self.role} submodule {name!r} ({type(module).__name__}) returned {type(output).__name__}, "
+                f"not a Tensor; tap one of its submodules that returns a tensor instead."
+            )
+        self._captured[name] = output
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         self._captured = {}

@@ -12,7 +12,11 @@ from rich.table import Table
 
 from kd_lightning.teacher import count_parameters
 
-ROWS = (("test/acc", "test accuracy"), ("test/agreement", "agreement with teacher"), ("test/kl", "KL(teacher || student)"))
+ROWS = (
+    ("test/acc", "test accuracy"),
+    ("test/agreement", "agreement with teacher"),
+    ("test/kl", "KL(teacher || student)"),
+)
 
 
 def summarize(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | int | None]:

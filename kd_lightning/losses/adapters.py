@@ -64,6 +64,7 @@ class LazyAdapter(nn.Module):
             return
         device = device if device is not None else self.shapes.device
         self.net = self.factory(tuple(student_shape), tuple(teacher_shape)).to(device)
+        self.net.train(self.training)
         self.shapes = code.to(device)
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ All take ``[B, 1, 8, 8]`` images and return logits ``[B, num_classes]``. Their s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -81,7 +82,7 @@ class DigitsMLP(nn.Module):
         super().__init__()
         self.flatten = nn.Flatten()
         sizes = [in_features, *hidden]
-        for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes), start=1):
             self.add_module(f"layer{index}", nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout)))
         self.num_hidden = len(hidden)
         self.head = nn.Linear(sizes[-1], num_classes)

@@ -168,6 +168,7 @@ class DistillationModule(L.LightningModule):
 
         Errors surface here, before the first training step; BatchNorm statistics are not touched.
         """
+        was_training = self.training
         modes = {module: module.training for module in self.modules()}
         self.eval()
         try:
@@ -176,6 +177,7 @@ class DistillationModule(L.LightningModule):
             self.check_classes(student, teacher)
             self.objective(student, teacher, batch[1], epoch=0)
         finally:
+            self.train(was_training)  # modules built during the dry run (adapters) take the module's mode
             for module, mode in modes.items():
                 module.train(mode)
 

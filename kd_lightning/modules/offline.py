@@ -71,6 +71,7 @@ class OfflineDistillation(DistillationModule):
             label_smoothing=label_smoothing,
         )
         if teacher_weights is not None:
+            teacher_weights = str(teacher_weights)
             load_weights(teacher, teacher_weights, role="teacher")
         self.teacher = freeze(teacher)
         self.teacher_tap = FeatureTap(teacher, self.objective.teacher_layers, role="teacher")
