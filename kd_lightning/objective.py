@@ -154,9 +154,7 @@ class Objective(nn.Module):
         """Every teacher output the terms read, in order, without repeats."""
         return list(dict.fromkeys(name for term in self.terms for name in term.teacher_names))
 
-    def forward(
-        self, student: Outputs, teacher: Outputs | None, target: Tensor, epoch: int = 0
-    ) -> dict[str, Tensor]:
+    def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor, epoch: int = 0) -> dict[str, Tensor]:
         ce = F.cross_entropy(student[LOGITS].float(), target, label_smoothing=self.label_smoothing)
         losses = {"ce": self.ce_weight * ce}
         if self.terms and teacher is None:

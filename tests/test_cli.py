@@ -41,7 +41,9 @@ def test_teacher_config_exports_weights_that_distillation_loads(in_project_copy)
     exported.unlink()
     build_cli(["fit", "--config", str(CONFIGS / "digits/teacher.yaml"), *TINY, "--test_after_fit=false"])
     assert exported.is_file() and exported.stat().st_size < 1_000_000
-    restored = Classifier.load_from_checkpoint(in_project_copy / "runs/digits/teacher/lightning_logs/version_0/checkpoints/last.ckpt")
+    restored = Classifier.load_from_checkpoint(
+        in_project_copy / "runs/digits/teacher/lightning_logs/version_0/checkpoints/last.ckpt"
+    )
     cli = build_cli(["--config", str(CONFIGS / "digits/offline_kd.yaml")], run=False)
     for key, value in restored.student.state_dict().items():
         assert torch.equal(cli.model.teacher.state_dict()[key], value) or "num_batches" in key

@@ -58,7 +58,9 @@ def test_random_shift_moves_content_by_one_pixel():
     assert abs(row - 4) <= 1 and abs(col - 4) <= 1 and shifted.sum() == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"val_fraction": 0.0}, {"test_fraction": 0.6, "val_fraction": 0.5}, {"train_fraction": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"val_fraction": 0.0}, {"test_fraction": 0.6, "val_fraction": 0.5}, {"train_fraction": 0}]
+)
 def test_bad_fractions_raise(kwargs):
     with pytest.raises(ValueError, match="expected"):
         DigitsDataModule(**kwargs)

@@ -82,7 +82,7 @@ def test_non_tensor_output_is_a_clear_error():
 def test_tapped_models_stay_picklable():
     model = DigitsCNN(width=4)
     tap = FeatureTap(model, ["layer1"])
-    model_copy, tap_copy = pickle.loads(pickle.dumps((model, tap)))
+    _, tap_copy = pickle.loads(pickle.dumps((model, tap)))
     assert tap_copy(torch.randn(1, 1, 8, 8))["layer1"].shape == (1, 4, 8, 8)
 
 

@@ -94,13 +94,9 @@ class DigitsDataModule(L.LightningDataModule):
         images = digits.images.astype(np.float32)[:, None]
         labels = digits.target.astype(np.int64)
         indices = np.arange(len(labels))
-        train_val, test = train_test_split(
-            indices, test_size=hp.test_fraction, stratify=labels, random_state=hp.seed
-        )
+        train_val, test = train_test_split(indices, test_size=hp.test_fraction, stratify=labels, random_state=hp.seed)
         val_share = hp.val_fraction / (1 - hp.test_fraction)
-        train, val = train_test_split(
-            train_val, test_size=val_share, stratify=labels[train_val], random_state=hp.seed
-        )
+        train, val = train_test_split(train_val, test_size=val_share, stratify=labels[train_val], random_state=hp.seed)
         if hp.train_fraction < 1:
             train, _ = train_test_split(
                 train, train_size=hp.train_fraction, stratify=labels[train], random_state=hp.seed

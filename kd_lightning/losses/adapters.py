@@ -95,6 +95,9 @@ def conv_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
     layers: list[nn.Module] = [nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False)]
     layers.append(nn.BatchNorm2d(teacher_shape[0]))
     if tuple(student_shape[1:]) != tuple(teacher_shape[1:]):
-        layers.append(nn.Upsample(size=tuple(teacher_shape[1:]), mode="bilinear", align_corners=False)
-                      if student_shape[1] < teacher_shape[1] else nn.AdaptiveAvgPool2d(tuple(teacher_shape[1:])))
+        layers.append(
+            nn.Upsample(size=tuple(teacher_shape[1:]), mode="bilinear", align_corners=False)
+            if student_shape[1] < teacher_shape[1]
+            else nn.AdaptiveAvgPool2d(tuple(teacher_shape[1:]))
+        )
     return nn.Sequential(*layers)

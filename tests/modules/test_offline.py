@@ -124,7 +124,9 @@ def test_validation_logs_student_teacher_agreement_and_kl(tmp_path):
     module = make_module()
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
     metrics = trainer.callback_metrics
-    assert {"val/acc", "val/teacher_acc", "val/agreement", "val/kl", "train/loss", "train/ce", "train/kd"} <= set(metrics)
+    assert {"val/acc", "val/teacher_acc", "val/agreement", "val/kl", "train/loss", "train/ce", "train/kd"} <= set(
+        metrics
+    )
     assert float(metrics["val/teacher_acc"]) > 0.95
     assert 0 <= float(metrics["val/agreement"]) <= 1 and float(metrics["val/kl"]) > 0
 
