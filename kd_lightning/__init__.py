@@ -4,13 +4,24 @@ from kd_lightning.callbacks import DistillationReport, ExportWeights
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.features import FeatureTap
 from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN
-from kd_lightning.modules import Classifier, DistillationModule, OfflineDistillation
+from kd_lightning.modules import (
+    BYOTExits,
+    Classifier,
+    DistillationModule,
+    EMATeacher,
+    OfflineDistillation,
+    OnlineDistillation,
+    PSKDTeacher,
+    SelfDistillation,
+    SnapshotTeacher,
+)
 from kd_lightning.objective import DistillTerm, Objective
 from kd_lightning.teacher import freeze, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BYOTExits",
     "Classifier",
     "DigitsCNN",
     "DigitsDataModule",
@@ -18,10 +29,15 @@ __all__ = [
     "DistillTerm",
     "DistillationModule",
     "DistillationReport",
+    "EMATeacher",
     "ExportWeights",
     "FeatureTap",
     "Objective",
     "OfflineDistillation",
+    "OnlineDistillation",
+    "PSKDTeacher",
+    "SelfDistillation",
+    "SnapshotTeacher",
     "TinyCNN",
     "freeze",
     "load_weights",

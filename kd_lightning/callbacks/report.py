@@ -35,16 +35,19 @@ class DistillationReport(L.Callback):
 
     Args:
         path: also write the numbers as JSON to this file (``None``: print only).
+        verbose: print the table.
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, verbose: bool = True) -> None:
         self.path = path
+        self.verbose = verbose
         self.summary: dict[str, float | int | None] = {}
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.summary = summarize(trainer, pl_module)
-        Console().print(self.table(self.summary))
+        if self.verbose:
+            Console().print(self.table(self.summary))
         if self.path:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             Path(self.path).write_text(json.dumps(self.summary, indent=2))

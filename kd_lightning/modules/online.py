@@ -1,0 +1,311 @@
+"""``OnlineDistillation``: a teacher and a student, or a cohort of peers, trained together from scratch.
+
+Online KD: the teacher learns from the labels, the student from the labels and the current teacher's detached outputs.
+Deep Mutual Learning (Zhang et al., CVPR 2018): with ``mutual=True`` every peer also learns from every other peer.
+KDCL (Guo et al., CVPR 2020): ``ensemble_terms`` teach every peer from the peers' mean logits (detached).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from kd_lightning.features import LOGITS, FeatureTap
+from kd_lightning.losses import KDLoss
+from kd_lightning.modules.base import Batch, DistillationModule
+from kd_lightning.objective import DistillTerm, Objective
+
+PeerOutputs = dict[str, dict[str, Tensor]]
+PEER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENSEMBLE = "ensemble"
+
+
+def _named_peers(peers: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[str, nn.Module]:
+    """``{name: network}`` from a dict, or from a list as ``peer0``, ``peer1``, ...; checks names and count."""
+    named = dict(peers) if isinstance(peers, Mapping) else {f"peer{i}": net for i, net in enumerate(peers)}
+    for name, net in named.items():
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"expected every peer to be an nn.Module but peer {name!r} is {type(net).__name__}.")
+        if not isinstance(name, str) or not PEER_NAME.fullmatch(name):
+            raise ValueError(f"expected peer names that are Python identifiers (used in log keys) but got {name!r}.")
+    if len(named) < 2:
+        raise ValueError(
+            f"expected a cohort of at least two peers but got {len(named)} ({list(named)}); online distillation "
+            f"trains a teacher and a student (or several peers) together: add another network to peers."
+        )
+    if len({id(net) for net in named.values()}) < len(named):
+        raise ValueError("expected distinct networks as peers but the same module was given twice; build one per peer.")
+    return named
+
+
+def _terms_per_learner(
+    terms: Sequence[DistillTerm] | Mapping[str, Sequence[DistillTerm]] | None, learners: list[str], mutual: bool
+) -> dict[str, list[DistillTerm]]:
+    """The terms each learner uses against each of its sources; names are made unique (as ``Objective`` does)."""
+    if terms is None:
+        terms = [DistillTerm(KDLoss(temperature=1.0))]
+    if isinstance(terms, Mapping):
+        if set(terms) != set(learners):
+            fix = (
+                "with mutual=True every peer learns from the others: give each peer a list ([] for none)"
+                if mutual
+                else "without mutual=True only the student learns from the other peers: give a plain list"
+            )
+            raise ValueError(f"expected terms for the peers {learners} but got keys {sorted(terms)}; {fix}.")
+        per_learner = {learner: list(terms[learner]) for learner in learners}
+    else:
+        per_learner = {learner: list(terms) for learner in learners}
+    for learner_terms in per_learner.values():
+        Objective(learner_terms)  # checks the items are DistillTerms and renames duplicates, in place
+    return per_learner
+
+
+def _ensemble_terms(terms: Sequence[DistillTerm] | None) -> list[DistillTerm]:
+    """Validated ensemble terms: the ensemble target only has logits."""
+    terms = list(terms or [])
+    Objective(terms)
+    for term in terms:
+        if term.teacher_names != (LOGITS,):
+            raise ValueError(
+                f"ensemble term {term.name!r} reads {list(term.teacher_names)} of the target but the ensemble target "
+                f"has only logits; set teacher: logits (feature terms between peers go in terms)."
+            )
+    return terms
+
+
+def _copies(terms: list[DistillTerm], keys: list[str] | None = None) -> nn.ModuleDict:
+    """Fresh copies of ``terms`` (with fresh adapters) keyed by ``keys``, by default the term names."""
+    keys = [term.name for term in terms] if keys is None else keys
+    return nn.ModuleDict({key: copy.deepcopy(term) for key, term in zip(keys, terms, strict=True)})
+
+
+def _links_of(learner: str, terms: list[DistillTerm], peers: list[str]) -> nn.ModuleDict:
+    """``{term name: {source peer: copy of the term}}``: each (learner, source) pair owns its copy and adapters."""
+    sources = [peer for peer in peers if peer != learner]
+    return nn.ModuleDict({term.name: _copies([term] * len(sources), keys=sources) for term in terms})
+
+
+def _unique_log_keys(keys: list[str]) -> None:
+    """Raise when two loss components would be logged under the same key."""
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"loss names {repeated} would be logged twice; give the terms distinct name= values.")
+
+
+def _peer_accuracy(names: list[str], num_classes: int) -> nn.ModuleDict:
+    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro") for name in names})
+
+
+class OnlineDistillation(DistillationModule):
+    """Train a cohort of networks together; deploy the one named ``student``.
+
+    Loss of peer ``k`` (every peer is trained; ``train/loss`` is the sum over peers, one optimizer for all):
+    ``ce_weight * CE(p_k, y) + sum_i mean_{l in S(k)} w_i * loss_i(k, l) + sum_j w_j * loss_j(k, ensemble)``,
+    where the sources ``l`` and the ensemble are detached targets, so peer ``k``'s gradient comes only from its own
+    loss. Online KD (``mutual=False``): ``S(student)`` = every other peer, the others learn from the labels only.
+    Deep Mutual Learning (``mutual=True``; Zhang, Xiang, Hospedales, Lu, CVPR 2018, "Deep Mutual Learning"):
+    ``S(k)`` = every peer but ``k``, and the loss averages ``KL(p_l || p_k)`` over the ``K - 1`` others, as here.
+    The ensemble is the peers' mean logits ``[B, C]``, taught to every peer by ``ensemble_terms`` (KDCL-naive; Guo et
+    al., CVPR 2020, "Online Knowledge Distillation via Collaborative Learning").
+
+    Logged: ``train/ce_<peer>``, ``train/<term>_<peer>``, ``train/ensemble_<term>_<peer>``, ``train/loss``;
+    ``val|test/acc_<peer>`` for every peer; ``val|test/acc`` of the student, and ``teacher_acc``, ``agreement``, ``kl``
+    against the mean logits of the other peers (the teacher itself when the cohort is a teacher and a student).
+    Checkpoints hold every peer: the student under ``student.`` (as in every module, for export) and the others
+    under ``peers.<name>.``; per-pair loss adapters under ``links.<learner>.<term>.<source>.``.
+
+    Args:
+        peers: the cohort, ``{name: network}`` or a list (named ``peer0``, ``peer1``, ...); names are identifiers.
+        student: name of the peer to deploy (``forward``, export, ``val/acc``).
+        mutual: every peer learns from all the others (DML) instead of the student alone learning.
+        terms: distillation terms between peers (response, feature or relation; ``student`` in a term is the learner,
+            ``teacher`` the source); a list applies to every learner, a dict ``{learner: [terms]}`` gives each
+            learner its own (e.g. layer names of different architectures). ``None``: DML's ``KL(p_l || p_k)``,
+            ``KDLoss(temperature=1)`` with weight 1. ``[]``: no peer-to-peer terms.
+        ensemble_terms: terms from the ensemble's logits to every peer (``teacher`` must read ``logits``).
+        ce_weight: weight of every peer's hard-label cross-entropy (the teachers' too).
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        optimizer: optimizer factory, applied to all peers and loss adapters.
+        lr_scheduler: optional scheduler factory, stepped every epoch.
+        label_smoothing: label smoothing of the cross-entropy.
+
+    Example:
+        >>> from kd_lightning.models import DigitsCNN, DigitsMLP
+        >>> module = OnlineDistillation(peers={"teacher": DigitsCNN(width=8), "student": DigitsMLP()})
+        >>> x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+        >>> sorted(module.compute_losses([x, y]))
+        ['ce_student', 'ce_teacher', 'kd_student']
+    """
+
+    def __init__(
+        self,
+        peers: Mapping[str, nn.Module] | Sequence[nn.Module],
+        student: str = "student",
+        mutual: bool = False,
+        terms: Sequence[DistillTerm] | Mapping[str, Sequence[DistillTerm]] | None = None,
+        ensemble_terms: Sequence[DistillTerm] | None = None,
+        ce_weight: float = 1.0,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        cohort = _named_peers(peers)
+        if student not in cohort:
+            raise ValueError(f"expected student to name one of the peers {list(cohort)} but got student={student!r}.")
+        super().__init__(
+            student=cohort[student],
+            terms=[],
+            ce_weight=ce_weight,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            label_smoothing=label_smoothing,
+        )
+        self.student_name, self.peer_names, self.mutual = student, list(cohort), mutual
+        self.peers = nn.ModuleDict({name: net for name, net in cohort.items() if name != student})
+        per_learner = _terms_per_learner(terms, self.peer_names if mutual else [student], mutual)
+        self.links = nn.ModuleDict(
+            {name: _links_of(name, per_learner.get(name, []), self.peer_names) for name in self.peer_names}
+        )
+        shared = _ensemble_terms(ensemble_terms)
+        self.ensemble_links = nn.ModuleDict({name: _copies(shared) for name in self.peer_names})
+        self.taps = {
+            name: FeatureTap(net, self.layers_read(name), role=f"peer {name!r}") for name, net in cohort.items()
+        }
+        self.student_tap = self.taps[student]
+        self.val_peer_acc = _peer_accuracy(self.peer_names, num_classes)
+        self.test_peer_acc = _peer_accuracy(self.peer_names, num_classes)
+        self._eval_reference: tuple[Tensor, Tensor] | None = None
+        _unique_log_keys(self.loss_names())
+        self.save_init_arguments()
+
+    # ----------------------------------------------------------------- the cohort
+    @property
+    def cohort(self) -> dict[str, nn.Module]:
+        """Every peer by name, in the given order, the student included."""
+        return {name: self.student if name == self.student_name else self.peers[name] for name in self.peer_names}
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The other network of a two-peer cohort (shown by the report), else ``None``."""
+        return next(iter(self.peers.values())) if len(self.peers) == 1 else None
+
+    def layers_read(self, name: str) -> list[str]:
+        """The outputs of peer ``name`` that the loss terms read, as learner and as source."""
+        names: list[str] = []
+        for learner, by_term in self.links.items():
+            for by_source in by_term.values():
+                for source, term in by_source.items():
+                    if learner == name:
+                        names.extend(term.student_names)
+                    if source == name:
+                        names.extend(term.teacher_names)
+        names.extend(layer for term in self.ensemble_links[name].values() for layer in term.student_names)
+        return list(dict.fromkeys(names))
+
+    def loss_names(self) -> list[str]:
+        """The logged loss components (``train/<name>``), peer by peer."""
+        names = []
+        for peer in self.peer_names:
+            names.append(f"ce_{peer}")
+            names.extend(f"{term}_{peer}" for term in self.links[peer])
+            names.extend(f"{ENSEMBLE}_{term}_{peer}" for term in self.ensemble_links[peer])
+        return names
+
+    def cohort_outputs(self, batch: Batch) -> PeerOutputs:
+        """Every peer's logits ``[B, C]`` and tapped features: ``{peer: {"logits": ..., "<module path>": ...}}``."""
+        return {name: tap(batch[0]) for name, tap in self.taps.items()}
+
+    def ensemble_target(self, outputs: PeerOutputs) -> dict[str, Tensor]:
+        """KDCL-naive target, detached: ``{"logits": mean_k logits_k}`` of shape ``[B, C]``."""
+        return {LOGITS: torch.stack([out[LOGITS].float() for out in outputs.values()]).mean(0).detach()}
+
+    # ----------------------------------------------------------------- losses
+    def peer_losses(self, name: str, outputs: PeerOutputs, target: Tensor) -> dict[str, Tensor]:
+        """Peer ``name``'s weighted losses: ``{"ce_<name>", "<term>_<name>", "ensemble_<term>_<name>"}``."""
+        own, epoch = outputs[name], self.current_epoch
+        losses = {f"ce_{name}": self.objective(own, None, target)["ce"]}
+        for term_name, by_source in self.links[name].items():
+            values = [term(own, outputs[source], target, epoch) for source, term in by_source.items()]
+            losses[f"{term_name}_{name}"] = torch.stack(values).mean()
+        if len(self.ensemble_links[name]):
+            ensemble = self.ensemble_target(outputs)
+            for term_name, term in self.ensemble_links[name].items():
+                losses[f"{ENSEMBLE}_{term_name}_{name}"] = term(own, ensemble, target, epoch)
+        return losses
+
+    def cohort_losses(self, outputs: PeerOutputs, target: Tensor) -> dict[str, Tensor]:
+        """Every peer's losses in one dict (their sum is the training loss)."""
+        return {
+            key: value for name in self.peer_names for key, value in self.peer_losses(name, outputs, target).items()
+        }
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return self.cohort_losses(self.cohort_outputs(batch), batch[1])
+
+    # ----------------------------------------------------------------- evaluation
+    def reference_logits(self, logits: dict[str, Tensor]) -> Tensor:
+        """What the student is compared with in val/test: the mean logits ``[B, C]`` of the other peers."""
+        return torch.stack([logits[name].float() for name in self.peers]).mean(0)
+
+    def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return {LOGITS: self.reference_logits({name: self.taps[name](batch[0])[LOGITS] for name in self.peers})}
+
+    def eval_teacher_logits(self, batch: Batch) -> Tensor:
+        """The reference logits, reused from the peer-accuracy pass of the same batch."""
+        if self._eval_reference is not None and self._eval_reference[0] is batch[0]:
+            return self._eval_reference[1]
+        return super().eval_teacher_logits(batch)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log_peer_accuracy(batch, "val", self.val_peer_acc)
+        super().validation_step(batch, batch_idx)
+        self._eval_reference = None
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log_peer_accuracy(batch, "test", self.test_peer_acc)
+        super().test_step(batch, batch_idx)
+        self._eval_reference = None
+
+    def log_peer_accuracy(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
+        """Log ``<stage>/acc_<peer>`` for every peer; keep the reference logits for the base metrics."""
+        logits = {name: tap(batch[0])[LOGITS] for name, tap in self.taps.items()}
+        for name, value in logits.items():
+            metrics[name].update(value, batch[1])
+            self.log(f"{stage}/acc_{name}", metrics[name], batch_size=len(batch[1]))
+        self._eval_reference = (batch[0], self.reference_logits(logits))
+
+    # ----------------------------------------------------------------- checks before training
+    @torch.no_grad()
+    def dry_run(self, batch: Batch) -> None:
+        """Run every peer and every loss once in eval mode: checks classes and layer shapes, builds adapters."""
+        was_training = self.training
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            outputs = self.cohort_outputs(batch)
+            self.check_cohort_classes(outputs)
+            self.cohort_losses(outputs, batch[1])
+        finally:
+            self.train(was_training)  # adapters built during the dry run take the module's mode
+            for module, mode in modes.items():
+                module.train(mode)
+
+    def check_cohort_classes(self, outputs: PeerOutputs) -> None:
+        """Raise when the peers predict different numbers of classes, or the student not ``num_classes``."""
+        classes = {name: out[LOGITS].shape[-1] for name, out in outputs.items()}
+        if len(set(classes.values())) > 1:
+            found = ", ".join(f"{name} {count}" for name, count in classes.items())
+            raise ValueError(
+                f"expected every peer to predict the same classes but the numbers of outputs are: {found}; "
+                f"set the same num_classes in every peer's init_args."
+            )
+        self.check_classes(outputs[self.student_name], None)
