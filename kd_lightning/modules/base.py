@@ -6,8 +6,9 @@ Subclasses supply the teacher signal by overriding small hooks instead of ``trai
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -168,16 +169,25 @@ class DistillationModule(L.LightningModule):
 
         Errors surface here, before the first training step; BatchNorm statistics are not touched.
         """
-        was_training = self.training
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
+        with self.temporarily_in_eval_mode():
             student = self.student_outputs(batch)
             teacher = self.teacher_outputs(batch)
             self.check_classes(student, teacher)
             self.objective(student, teacher, batch[1], epoch=0)
+
+    @contextlib.contextmanager
+    def temporarily_in_eval_mode(self) -> Iterator[None]:
+        """Eval mode inside the block; afterwards every module's own mode is restored.
+
+        Modules created inside the block (lazy adapters) take the module's mode from before the block.
+        """
+        was_training = self.training
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            yield
         finally:
-            self.train(was_training)  # modules built during the dry run (adapters) take the module's mode
+            self.train(was_training)
             for module, mode in modes.items():
                 module.train(mode)
 

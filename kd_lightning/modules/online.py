@@ -287,17 +287,10 @@ class OnlineDistillation(DistillationModule):
     @torch.no_grad()
     def dry_run(self, batch: Batch) -> None:
         """Run every peer and every loss once in eval mode: checks classes and layer shapes, builds adapters."""
-        was_training = self.training
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
+        with self.temporarily_in_eval_mode():
             outputs = self.cohort_outputs(batch)
             self.check_cohort_classes(outputs)
             self.cohort_losses(outputs, batch[1])
-        finally:
-            self.train(was_training)  # adapters built during the dry run take the module's mode
-            for module, mode in modes.items():
-                module.train(mode)
 
     def check_cohort_classes(self, outputs: PeerOutputs) -> None:
         """Raise when the peers predict different numbers of classes, or the student not ``num_classes``."""
