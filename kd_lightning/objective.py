@@ -30,6 +30,34 @@ def _default_name(loss: nn.Module) -> str:
     return re.sub(r"Loss$", "", type(loss).__name__).lower() or "term"
 
 
+def _check_layer_count(loss: nn.Module, student: LayerSpec, teacher: LayerSpec) -> bool:
+    """Check the layer names against ``loss.layers_per_network``; return whether the loss reads tuples of outputs.
+
+    Losses without the attribute (custom ones) get a tensor for a name and a tuple for a list, unchecked.
+    """
+    expected = getattr(loss, "layers_per_network", None)
+    given = {"student": student, "teacher": teacher}
+    if expected is None:
+        return not isinstance(student, str)
+    loss_name = type(loss).__name__
+    if expected == 1:
+        for role, spec in given.items():
+            if not isinstance(spec, str) and len(spec) != 1:
+                raise ValueError(
+                    f"{loss_name} compares one output of each network but got {role}={list(spec)}; pass one name "
+                    f"(e.g. {role}: {spec[0]}), and add one DistillTerm per layer pair to use several layers."
+                )
+        return False
+    for role, spec in given.items():
+        if isinstance(spec, str) or len(spec) != expected:
+            shown = repr(spec) if isinstance(spec, str) else list(spec)
+            raise ValueError(
+                f"{loss_name} relates {expected} layers of each network but got {role}={shown}; pass a list of "
+                f"{expected} module names for both networks, e.g. student: [stem, layer1], teacher: [layer1, layer2]."
+            )
+    return True
+
+
 class DistillTerm(nn.Module):
     """One weighted distillation loss between chosen student and teacher outputs.
 
@@ -72,7 +100,7 @@ class DistillTerm(nn.Module):
                 f"expected the same (non-zero) number of student and teacher outputs but got student "
                 f"{list(self.student_names)} and teacher {list(self.teacher_names)} for {type(loss).__name__}."
             )
-        self.multi_layer = not isinstance(student, str)
+        self.multi_layer = _check_layer_count(loss, student, teacher if teacher is not None else student)
         self.loss = loss
         self.weight = float(weight)
         self.warmup_epochs = warmup_epochs
@@ -97,6 +125,11 @@ class DistillTerm(nn.Module):
         else:
             teacher_inputs = teacher_inputs.detach()
         return self.weight_at(epoch) * self.loss(self.select(student, self.student_names), teacher_inputs, target)
+
+    def describe(self) -> str:
+        """``KDLoss on student logits vs teacher logits``: what the term compares, for error messages."""
+        student, teacher = ", ".join(self.student_names), ", ".join(self.teacher_names)
+        return f"{type(self.loss).__name__} on student {student} vs teacher {teacher}"
 
     def extra_repr(self) -> str:
         return (
@@ -160,7 +193,10 @@ class Objective(nn.Module):
         if self.terms and teacher is None:
             raise ValueError("distillation terms need teacher outputs but got none; use a module with a teacher.")
         for term in self.terms:
-            losses[term.name] = term(student, teacher, target, epoch)
+            try:
+                losses[term.name] = term(student, teacher, target, epoch)
+            except ValueError as error:
+                raise ValueError(f"distillation term {term.name!r} ({term.describe()}): {error}") from error
         return losses
 
 

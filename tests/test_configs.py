@@ -1,9 +1,13 @@
 """Every YAML under configs/ parses, instantiates and runs a real (tiny) fit + test through the CLI."""
 
+import importlib.util
+import sys
+
 import pytest
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, ROOT
 
+from kd_lightning import losses
 from kd_lightning.cli import build_cli
 from kd_lightning.modules import DistillationModule
 
@@ -49,3 +53,33 @@ def test_config_fits_and_tests(config, in_project_copy):
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule)
     assert 0.0 <= results["test/acc"] <= 1.0
+
+
+def _method_config(loss_class: str):
+    method = loss_class.removesuffix("Loss").lower()
+    return CONFIGS / "digits" / ("offline_kd.yaml" if method == "kd" else f"{method}.yaml")
+
+
+LOSS_CLASSES = [name for name in losses.__all__ if name.endswith("Loss") and name[0].isupper()]
+
+
+@pytest.mark.parametrize("loss_class", [name for name in LOSS_CLASSES if name != "DistillationLoss"])
+def test_every_loss_has_a_digits_config_of_its_own(loss_class):
+    config = _method_config(loss_class)
+    assert config.is_file(), f"no config for {loss_class}: expected {config.relative_to(ROOT)}"
+    assert f"kd_lightning.losses.{loss_class}" in config.read_text()
+
+
+def test_every_benchmark_row_has_a_config_and_a_student_alone():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = accuracy  # dataclasses look their module up there
+    spec.loader.exec_module(accuracy)
+    missing = [row.config for row in accuracy.ROWS if not (accuracy.CONFIGS / row.config).is_file()]
+    assert not missing
+    groups = accuracy.plan(None)
+    assert sum(len(rows) - 1 for rows in groups.values()) == len(accuracy.ROWS)
+    for rows in groups.values():
+        alone, *methods = rows
+        assert alone.config == "baseline.yaml" and methods
+        assert all(accuracy.config_student(row) == alone.student for row in methods)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_lightning.losses import KDLoss
+from kd_lightning.losses import ATLoss, FSPLoss, KDLoss
 from kd_lightning.objective import DistillTerm, Objective, total_loss
 
 
@@ -62,6 +62,9 @@ def test_duplicate_term_names_are_made_unique():
         (lambda: DistillTerm(KDLoss(), student=["a", "b"], teacher=["a"]), "same \\(non-zero\\) number"),
         (lambda: Objective([], ce_weight=-0.5), "ce_weight >= 0"),
         (lambda: KDLoss(temperature=0.0), "temperature"),
+        (lambda: DistillTerm(FSPLoss(), student="layer1", teacher="layer2"), "FSPLoss relates 2 layers .* \\[stem, l"),
+        (lambda: DistillTerm(FSPLoss(), student=["a"], teacher=["b"]), "got student=\\['a'\\]; pass a list of 2"),
+        (lambda: DistillTerm(ATLoss(), student=["a", "b"]), "ATLoss compares one output .* one DistillTerm per"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(build, message):
@@ -73,3 +76,22 @@ def test_terms_without_teacher_outputs_raise():
     objective = Objective([DistillTerm(KDLoss())])
     with pytest.raises(ValueError, match="need teacher outputs"):
         objective({"logits": torch.randn(2, 3)}, None, torch.tensor([0, 1]))
+
+
+def test_a_one_layer_list_reads_a_tensor_and_custom_losses_get_what_they_ask_for():
+    outputs = {"a": torch.ones(2, 3), "b": torch.zeros(2, 3)}
+    assert not DistillTerm(ATLoss(), student=["a"]).multi_layer
+
+    class PairLoss(torch.nn.Module):  # no layers_per_network: a list of names passes a tuple, unchecked
+        def forward(self, student, teacher, target=None):
+            return sum(s.sum() - t.sum() for s, t in zip(student, teacher, strict=True))
+
+    assert DistillTerm(PairLoss(), student=["a", "b"], teacher=["b", "a"])(outputs, outputs).item() == 0.0
+
+
+def test_a_failing_term_is_named_in_the_error():
+    objective = Objective([DistillTerm(ATLoss(), student="layer1", teacher="layer2", name="at_hint")])
+    student = {"logits": torch.randn(4, 3), "layer1": torch.randn(4, 2, 4, 4)}
+    teacher = {"logits": torch.randn(2, 3), "layer2": torch.randn(2, 5, 4, 4)}
+    with pytest.raises(ValueError, match="term 'at_hint' \\(ATLoss on student layer1 vs teacher layer2\\): .*batch"):
+        objective(student, teacher, torch.tensor([0, 1, 2, 0]))

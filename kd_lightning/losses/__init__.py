@@ -1,11 +1,12 @@
 """Distillation losses: pure tensor maths, no Lightning. Response-, feature- and relation-based.
 
-Each loss is a function holding the maths plus an ``nn.Module`` holding its hyperparameters (and adapters), with
-``forward(student, teacher, target=None) -> scalar``. Scales follow the CRD-benchmark implementations, so the
-default weights of ``shared/REFERENCES.md`` apply.
+Each loss is a function holding the maths plus a :class:`DistillationLoss` module holding its hyperparameters (and
+adapters), with ``forward(student, teacher, target=None) -> scalar``. Scales follow the CRD-benchmark
+implementations (RepDistiller, mdistiller), so the published default weights (AT 1000, SP 3000, PKT 30000, ...) apply.
 """
 
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
+from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.losses.feature import ATLoss, FitNetsLoss, NSTLoss, VIDLoss, at_loss, fitnets_loss, nst_loss, vid_loss
 from kd_lightning.losses.relation import (
     CCLoss,
@@ -26,6 +27,7 @@ __all__ = [
     "CCLoss",
     "DISTLoss",
     "DKDLoss",
+    "DistillationLoss",
     "FSPLoss",
     "FitNetsLoss",
     "KDLoss",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from kd_lightning.losses._checks import check_ndim, check_non_negative, check_positive, check_same_batch
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
+from kd_lightning.losses.base import DistillationLoss
 
 __all__ = [
     "CCLoss",
@@ -110,7 +111,7 @@ def rkd_loss(student: Tensor, teacher: Tensor, distance_weight: float = 25.0, an
     return distance_weight * loss_distance + angle_weight * loss_angle
 
 
-class RKDLoss(nn.Module):
+class RKDLoss(DistillationLoss):
     """Module form of :func:`rkd_loss`; use with weight 1 (RepDistiller scale, 25 / 50 inside).
 
     Args:
@@ -167,7 +168,7 @@ def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (g_s - g_t).pow(2).sum() / len(student) ** 2
 
 
-class SPLoss(nn.Module):
+class SPLoss(DistillationLoss):
     """Module form of :func:`sp_loss`; use with weight 3000 (RepDistiller scale).
 
     Example:
@@ -223,7 +224,7 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = 1e-7) -> Tensor:
         return torch.mean(p_t * torch.log((p_t + eps) / (p_s + eps)))
 
 
-class PKTLoss(nn.Module):
+class PKTLoss(DistillationLoss):
     """Module form of :func:`pkt_loss`; use with weight 30000 (RepDistiller scale).
 
     Args:
@@ -298,7 +299,7 @@ def cc_loss(
         return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
-class CCLoss(nn.Module):
+class CCLoss(DistillationLoss):
     """Module form of :func:`cc_loss` with trainable linear embeddings; use with weight 0.02 (RepDistiller scale).
 
     Owns two :class:`~kd_lightning.losses.adapters.LazyAdapter` embeddings, ``embed_student`` (``D_s -> embed_dim``)
@@ -415,7 +416,7 @@ def _conv1x1(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> 
     return nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False)
 
 
-class FSPLoss(nn.Module):
+class FSPLoss(DistillationLoss):
     """Module form of :func:`fsp_loss`; use with weight 50 (RepDistiller scale).
 
     Args:
@@ -431,6 +432,8 @@ class FSPLoss(nn.Module):
         >>> loss(student, teacher).shape
         torch.Size([])
     """
+
+    layers_per_network = 2
 
     def __init__(self, adapter: bool = False) -> None:
         super().__init__()

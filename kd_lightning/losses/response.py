@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from kd_lightning.losses._checks import check_ndim, check_non_negative, check_positive, check_same_batch
+from kd_lightning.losses.base import DistillationLoss
 
 __all__ = ["DISTLoss", "DKDLoss", "KDLoss", "LSKDLoss", "dist_loss", "dkd_loss", "kd_loss", "ls_kd_loss"]
 
@@ -238,7 +239,7 @@ def ls_kd_loss(student: Tensor, teacher: Tensor, temperature: float = 2.0) -> Te
     return kd_loss(_standardize(student), _standardize(teacher), temperature)
 
 
-class KDLoss(nn.Module):
+class KDLoss(DistillationLoss):
     """Module form of :func:`kd_loss`; weight 0.9 with CE weight 0.1 (RepDistiller / mdistiller scale).
 
     Args:
@@ -262,7 +263,7 @@ class KDLoss(nn.Module):
         return f"temperature={self.temperature}"
 
 
-class DKDLoss(nn.Module):
+class DKDLoss(DistillationLoss):
     """Module form of :func:`dkd_loss`; weight 1 with CE weight 1, ramped over 20 epochs (mdistiller scale).
 
     Args:
@@ -291,7 +292,7 @@ class DKDLoss(nn.Module):
         return f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}"
 
 
-class DISTLoss(nn.Module):
+class DISTLoss(DistillationLoss):
     """Module form of :func:`dist_loss`; weight 1 with CE weight 1 (official DIST scale).
 
     Args:
@@ -319,7 +320,7 @@ class DISTLoss(nn.Module):
         return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"
 
 
-class LSKDLoss(nn.Module):
+class LSKDLoss(DistillationLoss):
     """Module form of :func:`ls_kd_loss`; weight 9 with CE weight 0.1 at ``T=2`` (official LS-KD scale).
 
     Args:
