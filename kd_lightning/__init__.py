@@ -3,6 +3,7 @@
 from kd_lightning.callbacks import DistillationReport, ExportWeights
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.features import FeatureTap
+from kd_lightning.losses import DistillationLoss
 from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN
 from kd_lightning.modules import (
     BYOTExits,
@@ -27,6 +28,7 @@ __all__ = [
     "DigitsDataModule",
     "DigitsMLP",
     "DistillTerm",
+    "DistillationLoss",
     "DistillationModule",
     "DistillationReport",
     "EMATeacher",

@@ -70,11 +70,16 @@ def test_every_loss_has_a_digits_config_of_its_own(loss_class):
     assert f"kd_lightning.losses.{loss_class}" in config.read_text()
 
 
-def test_every_benchmark_row_has_a_config_and_a_student_alone():
+def _accuracy_benchmark():
     spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
     accuracy = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = accuracy  # dataclasses look their module up there
     spec.loader.exec_module(accuracy)
+    return accuracy
+
+
+def test_every_benchmark_row_has_a_config_and_a_student_alone():
+    accuracy = _accuracy_benchmark()
     missing = [row.config for row in accuracy.ROWS if not (accuracy.CONFIGS / row.config).is_file()]
     assert not missing
     groups = accuracy.plan(None)
@@ -83,3 +88,17 @@ def test_every_benchmark_row_has_a_config_and_a_student_alone():
         alone, *methods = rows
         assert alone.config == "baseline.yaml" and methods
         assert all(accuracy.config_student(row) == alone.student for row in methods)
+
+
+def test_benchmark_rows_with_their_own_student_or_overrides_instantiate_as_described(in_project_copy):
+    accuracy = _accuracy_benchmark()
+    alone = [rows[0] for rows in accuracy.plan(None).values()]
+    special = alone + [row for row in accuracy.ROWS if row.student is not None or row.overrides]
+    assert len(special) > len(alone)
+    for row in special:
+        cli = build_cli(["--config", str(accuracy.CONFIGS / row.config), *accuracy.row_arguments(row)], run=False)
+        if row.student is not None:
+            assert type(cli.model.student).__name__ == row.student["class_path"].rsplit(".", 1)[-1]
+        if row.overrides:
+            assert [term.weight for term in cli.model.objective.terms] == [62.5, 62.5, 62.5]
+            assert [term.student_names for term in cli.model.objective.terms] == [(s,) for s in accuracy.STAGES]
