@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -26,6 +28,7 @@ from kd_lightning.objective import DistillTerm, Objective, total_loss
 
 Batch = Sequence[Tensor]
 DRY_RUN_SAMPLES = 8
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 def _stage_metrics(num_classes: int) -> nn.ModuleDict:
@@ -111,6 +114,14 @@ class DistillationModule(L.LightningModule):
         outputs = self.teacher_outputs(batch)
         return None if outputs is None else outputs[LOGITS]
 
+    def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor | None]:
+        """Student and teacher logits ``[B, C]`` (teacher ``None`` when there is none) for the ``stage`` metrics.
+
+        Modes whose one forward pass yields more (every peer, every exit) override this to log those metrics from the
+        same pass, so no network runs twice per evaluation batch.
+        """
+        return self(batch[0]), self.eval_teacher_logits(batch)
+
     # ----------------------------------------------------------------- Lightning steps
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         losses = self.compute_losses(batch)
@@ -128,9 +139,8 @@ class DistillationModule(L.LightningModule):
 
     def _evaluate(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
         target = batch[1]
-        logits = self(batch[0])
+        logits, teacher_logits = self.evaluation_logits(batch, stage)
         updates: dict[str, tuple[Tensor, Tensor]] = {"acc": (logits, target)}
-        teacher_logits = self.eval_teacher_logits(batch)
         if teacher_logits is not None:
             updates["teacher_acc"] = (teacher_logits, target)
             updates["agreement"] = (logits, teacher_logits.argmax(dim=-1))
@@ -147,6 +157,12 @@ class DistillationModule(L.LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_fit_start(self) -> None:
+        """Silence Lightning's eval-mode warning only when every module in eval mode is a frozen ``teacher``'s."""
+        eval_modules = [name for name, module in self.named_modules() if not module.training]
+        if eval_modules and all(name.startswith("teacher") for name in eval_modules):
+            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
 
     # ----------------------------------------------------------------- setup: fail before training, build adapters
     def setup(self, stage: str) -> None:

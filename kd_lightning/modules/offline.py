@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from kd_lightning.features import FeatureTap
@@ -19,7 +17,6 @@ from kd_lightning.objective import DistillTerm
 from kd_lightning.teacher import freeze, load_weights
 
 TEACHER_PREFIX = "teacher."
-EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 class OfflineDistillation(DistillationModule):
@@ -86,12 +83,6 @@ class OfflineDistillation(DistillationModule):
         super().train(mode)
         self.teacher.eval()
         return self
-
-    def on_fit_start(self) -> None:
-        """Silence Lightning's eval-mode warning only when every module in eval mode is the frozen teacher's."""
-        eval_modules = [name for name, module in self.named_modules() if not module.training]
-        if eval_modules and all(name.startswith("teacher") for name in eval_modules):
-            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop the frozen teacher from the checkpoint: it is re-attached from ``teacher_weights`` on load."""

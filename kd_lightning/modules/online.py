@@ -182,7 +182,6 @@ class OnlineDistillation(DistillationModule):
         self.student_tap = self.taps[student]
         self.val_peer_acc = _peer_accuracy(self.peer_names, num_classes)
         self.test_peer_acc = _peer_accuracy(self.peer_names, num_classes)
-        self._eval_reference: tuple[Tensor, Tensor] | None = None
         _unique_log_keys(self.loss_names())
         self.save_init_arguments()
 
@@ -259,29 +258,14 @@ class OnlineDistillation(DistillationModule):
         with torch.no_grad():
             return {LOGITS: self.reference_logits({name: self.taps[name](batch[0])[LOGITS] for name in self.peers})}
 
-    def eval_teacher_logits(self, batch: Batch) -> Tensor:
-        """The reference logits, reused from the peer-accuracy pass of the same batch."""
-        if self._eval_reference is not None and self._eval_reference[0] is batch[0]:
-            return self._eval_reference[1]
-        return super().eval_teacher_logits(batch)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log_peer_accuracy(batch, "val", self.val_peer_acc)
-        super().validation_step(batch, batch_idx)
-        self._eval_reference = None
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log_peer_accuracy(batch, "test", self.test_peer_acc)
-        super().test_step(batch, batch_idx)
-        self._eval_reference = None
-
-    def log_peer_accuracy(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
-        """Log ``<stage>/acc_<peer>`` for every peer; keep the reference logits for the base metrics."""
+    def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
+        """One pass of every peer: logs ``<stage>/acc_<peer>``; returns the student's and the reference logits."""
         logits = {name: tap(batch[0])[LOGITS] for name, tap in self.taps.items()}
+        metrics = self.val_peer_acc if stage == "val" else self.test_peer_acc
         for name, value in logits.items():
             metrics[name].update(value, batch[1])
             self.log(f"{stage}/acc_{name}", metrics[name], batch_size=len(batch[1]))
-        self._eval_reference = (batch[0], self.reference_logits(logits))
+        return logits[self.student_name], self.reference_logits(logits)
 
     # ----------------------------------------------------------------- checks before training
     @torch.no_grad()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from rich.console import Console
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -18,23 +15,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from kd_lightning.features import LOGITS, FeatureTap, resolve_module
 from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule
 from kd_lightning.modules.exits import BYOTExits, exit_key, exit_table, truncate
-from kd_lightning.modules.offline import EVAL_MODE_WARNING
 from kd_lightning.modules.temporal import TemporalTeacher
 from kd_lightning.objective import DistillTerm, Objective
 from kd_lightning.teacher import count_parameters
-
-
-@contextlib.contextmanager
-def _evaluation(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; every submodule's train/eval mode restored after."""
-    modes = {sub: sub.training for sub in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for sub, mode in modes.items():
-            sub.train(mode)
 
 
 class SelfDistillation(DistillationModule):
@@ -163,7 +146,7 @@ class SelfDistillation(DistillationModule):
         if self.teacher is not None:
             self.teacher.loss_scales(0, self._max_epochs())
         if self.exits is not None:
-            with _evaluation(self):
+            with self.temporarily_in_eval_mode(), torch.no_grad():
                 self.exits(self.student_outputs(batch))
 
     def _max_epochs(self) -> int | None:
@@ -199,31 +182,20 @@ class SelfDistillation(DistillationModule):
         if self.teacher is not None:
             self.teacher.after_epoch(self.student, self.current_epoch)
 
-    def on_fit_start(self) -> None:
-        """Silence Lightning's eval-mode warning only when every module in eval mode is the frozen teacher copy."""
-        eval_modules = [name for name, module in self.named_modules() if not module.training]
-        if eval_modules and all(name.startswith("teacher") for name in eval_modules):
-            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
-
     # ----------------------------------------------------------------- exits: metrics, truncation, summary
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        self._evaluate_exits(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        self._evaluate_exits(batch, "test")
-
-    def _evaluate_exits(self, batch: Batch, stage: str) -> None:
+    def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor | None]:
+        """Layer-wise: one pass of the network gives its logits and every exit's, logged as ``acc_exit_<layer>``."""
         if self.exits is None:
-            return
+            return super().evaluation_logits(batch, stage)
         if self._example_input is None:
             self._example_input = batch[0][:DRY_RUN_SAMPLES]
+        outputs = self.student_tap(batch[0])
         metrics = self.val_exit_metrics if stage == "val" else self.test_exit_metrics
-        for layer, logits in self.exit_logits(batch[0]).items():
+        for layer, (_, logits) in self.exits(outputs).items():
             metric = metrics[exit_key(layer)]
             metric.update(logits, batch[1])
             self.log(f"{stage}/acc_exit_{exit_key(layer)}", metric, batch_size=len(batch[1]))
+        return outputs[LOGITS], None
 
     def exit_logits(self, inputs: Tensor) -> dict[str, Tensor]:
         """Every exit's logits ``{layer: [B, num_classes]}`` from one pass through the full network."""
@@ -241,7 +213,7 @@ class SelfDistillation(DistillationModule):
         inputs = example_input if example_input is not None else self._example_input
         if inputs is None:
             raise ValueError("exit_model needs an example_input [B, ...] to check the truncated network against.")
-        with _evaluation(self):
+        with self.temporarily_in_eval_mode(), torch.no_grad():
             inputs = inputs.to(self.device)
             inside, alone = self.exit_logits(inputs)[layer], model.to(self.device)(inputs)
         if not torch.allclose(inside, alone, rtol=1e-4, atol=1e-5):
