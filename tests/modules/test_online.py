@@ -264,18 +264,17 @@ def test_peers_given_as_a_list_are_named_by_position():
 
 
 # ------------------------------------------------------------ bad input
-def test_peers_with_different_numbers_of_classes_fail_before_training(tmp_path):
-    module = make_online(peers={"teacher": TinyCNN(num_classes=10), "student": DigitsMLP(num_classes=5)})
+@pytest.mark.parametrize(
+    ("teacher_classes", "student_classes", "message"),
+    [(10, 5, "teacher 10, student 5"), (5, 5, "num_classes=10")],
+    ids=["peers-differ", "peers-disagree-with-num_classes"],
+)
+def test_class_count_mismatches_fail_before_training(tmp_path, teacher_classes, student_classes, message):
+    module = make_online(
+        peers={"teacher": TinyCNN(num_classes=teacher_classes), "student": DigitsMLP(num_classes=student_classes)}
+    )
     trainer = fast_trainer(tmp_path)
-    with pytest.raises(ValueError, match="teacher 10, student 5"):
-        trainer.fit(module, datamodule=DigitsDataModule())
-    assert trainer.global_step == 0
-
-
-def test_peers_disagreeing_with_num_classes_fail_before_training(tmp_path):
-    module = make_online(peers={"teacher": TinyCNN(num_classes=5), "student": DigitsMLP(num_classes=5)})
-    trainer = fast_trainer(tmp_path)
-    with pytest.raises(ValueError, match="num_classes=10"):
+    with pytest.raises(ValueError, match=message):
         trainer.fit(module, datamodule=DigitsDataModule())
     assert trainer.global_step == 0
 
