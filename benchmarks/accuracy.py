@@ -118,6 +118,7 @@ def run_config(config: Path, seed: int, workdir: Path, overrides: tuple[str, ...
     (each truncated exit network's).
     """
     from kd_lightning.cli import build_cli
+    from kd_lightning.teacher import count_parameters
 
     previous = Path.cwd()
     os.chdir(workdir)
@@ -128,7 +129,7 @@ def run_config(config: Path, seed: int, workdir: Path, overrides: tuple[str, ...
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
         (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics = {key.removeprefix("test/"): float(value) for key, value in results.items()}
-        metrics["params"] = float(sum(p.numel() for p in cli.model.student.parameters()))
+        metrics["params"] = float(count_parameters(cli.model.student))
         if getattr(cli.model, "exits", None) is not None:
             for row in cli.model.exit_summary()[1:]:
                 metrics[f"params_exit_{row['exit']}"] = float(row["parameters"])

@@ -1,9 +1,11 @@
-"""Input checks shared by the losses: each raises a ``ValueError`` that names the problem and the fix."""
+"""Input checks shared by the losses (each raises a ``ValueError`` that names the problem and the fix), and the
+spatial alignment of two feature maps."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -43,3 +45,13 @@ def check_ndim(tensor: Tensor, ndims: Sequence[int], loss: str, role: str) -> No
     if tensor.ndim not in ndims:
         expected = " or ".join(f"{n}-d" for n in ndims)
         raise ValueError(f"{loss} expected a {expected} {role} tensor but got shape {tuple(tensor.shape)}.")
+
+
+def pool_to_smaller(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool two ``[B, C, H, W]`` maps to the smaller height and width of the pair (RepDistiller's rule)."""
+    size = (min(first.shape[2], second.shape[2]), min(first.shape[3], second.shape[3]))
+    if tuple(first.shape[2:]) != size:
+        first = F.adaptive_avg_pool2d(first, size)
+    if tuple(second.shape[2:]) != size:
+        second = F.adaptive_avg_pool2d(second, size)
+    return first, second

@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_lightning.losses._checks import check_ndim, check_positive, check_same_batch, check_same_shape
+from kd_lightning.losses._checks import (
+    check_ndim,
+    check_positive,
+    check_same_batch,
+    check_same_shape,
+    pool_to_smaller,
+)
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
 from kd_lightning.losses.base import DistillationLoss
 
@@ -40,16 +46,6 @@ def _check_pair(student: Tensor, teacher: Tensor, loss: str, ndims: Sequence[int
             f"(student) and {tuple(teacher.shape)} (teacher); tap layers that give both maps or both vectors."
         )
     return student.float(), teacher.detach().float()
-
-
-def _pool_to_smaller(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool ``[B, C, H, W]`` maps to the smaller height and width of the pair (RepDistiller's rule)."""
-    size = (min(student.shape[2], teacher.shape[2]), min(student.shape[3], teacher.shape[3]))
-    if tuple(student.shape[2:]) != size:
-        student = F.adaptive_avg_pool2d(student, size)
-    if tuple(teacher.shape[2:]) != size:
-        teacher = F.adaptive_avg_pool2d(teacher, size)
-    return student, teacher
 
 
 def fitnets_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -161,7 +157,7 @@ def at_loss(student: Tensor, teacher: Tensor, p: float = 2.0) -> Tensor:
     """
     check_positive("p", p)
     student, teacher = _check_pair(student, teacher, "at_loss", (4,))
-    student, teacher = _pool_to_smaller(student, teacher)
+    student, teacher = pool_to_smaller(student, teacher)
     return (_attention_map(student, p) - _attention_map(teacher, p)).pow(2).mean()
 
 
@@ -220,7 +216,7 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
         1.5
     """
     student, teacher = _check_pair(student, teacher, "nst_loss", (4,))
-    student, teacher = _pool_to_smaller(student, teacher)
+    student, teacher = pool_to_smaller(student, teacher)
     u_s = F.normalize(student.flatten(2), dim=2)
     u_t = F.normalize(teacher.flatten(2), dim=2)
     return _poly_kernel_mean(u_t, u_t) + _poly_kernel_mean(u_s, u_s) - 2 * _poly_kernel_mean(u_s, u_t)
@@ -276,7 +272,7 @@ def vid_loss(
     student, teacher = _check_pair(student, teacher, "vid_loss", (2, 4))
     if student.ndim == 2:
         student, teacher = student[:, :, None, None], teacher[:, :, None, None]
-    student, teacher = _pool_to_smaller(student, teacher)
+    student, teacher = pool_to_smaller(student, teacher)
     mean = regressor(student).float()
     if mean.shape != teacher.shape or log_scale.shape != teacher.shape[1:2]:
         raise ValueError(

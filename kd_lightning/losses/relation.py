@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_lightning.losses._checks import check_ndim, check_non_negative, check_positive, check_same_batch
+from kd_lightning.losses._checks import (
+    check_ndim,
+    check_non_negative,
+    check_positive,
+    check_same_batch,
+    pool_to_smaller,
+)
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
 from kd_lightning.losses.base import DistillationLoss
 
@@ -360,12 +366,8 @@ def _fsp_pair(maps: Sequence[Tensor] | Tensor, role: str) -> tuple[Tensor, Tenso
 
 def _fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
     """``[B, C1, C2]`` Gram matrix between two layers, the larger map average-pooled to the smaller size."""
-    size = (min(first.shape[2], second.shape[2]), min(first.shape[3], second.shape[3]))
-    if tuple(first.shape[2:]) != size:
-        first = F.adaptive_avg_pool2d(first, size)
-    if tuple(second.shape[2:]) != size:
-        second = F.adaptive_avg_pool2d(second, size)
-    return torch.einsum("bchw,bdhw->bcd", first, second) / (size[0] * size[1])
+    first, second = pool_to_smaller(first, second)
+    return torch.einsum("bchw,bdhw->bcd", first, second) / (first.shape[2] * first.shape[3])
 
 
 def fsp_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
