@@ -31,6 +31,11 @@ DRY_RUN_SAMPLES = 8
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
+def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
+    """One top-1 accuracy metric per name (per peer, per exit)."""
+    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro") for name in names})
+
+
 def _stage_metrics(num_classes: int) -> nn.ModuleDict:
     """Student accuracy, teacher accuracy, agreement (student/teacher top-1 match rate) and KL(teacher || student)."""
     return nn.ModuleDict(

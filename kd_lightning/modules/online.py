@@ -14,11 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.features import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
-from kd_lightning.modules.base import Batch, DistillationModule
+from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
 from kd_lightning.objective import DistillTerm, Objective
 
 PeerOutputs = dict[str, dict[str, Tensor]]
@@ -96,10 +95,6 @@ def _unique_log_keys(keys: list[str]) -> None:
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise ValueError(f"loss names {repeated} would be logged twice; give the terms distinct name= values.")
-
-
-def _peer_accuracy(names: list[str], num_classes: int) -> nn.ModuleDict:
-    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro") for name in names})
 
 
 class OnlineDistillation(DistillationModule):
@@ -180,8 +175,8 @@ class OnlineDistillation(DistillationModule):
             name: FeatureTap(net, self.layers_read(name), role=f"peer {name!r}") for name, net in cohort.items()
         }
         self.student_tap = self.taps[student]
-        self.val_peer_acc = _peer_accuracy(self.peer_names, num_classes)
-        self.test_peer_acc = _peer_accuracy(self.peer_names, num_classes)
+        self.val_peer_acc = accuracy_metrics(self.peer_names, num_classes)
+        self.test_peer_acc = accuracy_metrics(self.peer_names, num_classes)
         _unique_log_keys(self.loss_names())
         self.save_init_arguments()
 

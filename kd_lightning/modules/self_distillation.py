@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from rich.console import Console
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.features import LOGITS, FeatureTap, resolve_module
-from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule
+from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule, accuracy_metrics
 from kd_lightning.modules.exits import BYOTExits, exit_key, exit_table, truncate
 from kd_lightning.modules.temporal import TemporalTeacher
 from kd_lightning.objective import DistillTerm, Objective
@@ -107,10 +106,9 @@ class SelfDistillation(DistillationModule):
             self.student_tap.remove()
             own = [*self.objective.student_layers, *self.objective.teacher_layers, *exits.tapped_layers]
             self.student_tap = FeatureTap(student, own, role="student")
-            self.val_exit_metrics, self.test_exit_metrics = (
-                nn.ModuleDict({exit_key(n): MulticlassAccuracy(num_classes, average="micro") for n in exits.layers})
-                for _ in range(2)
-            )
+            keys = [exit_key(layer) for layer in exits.layers]
+            self.val_exit_metrics = accuracy_metrics(keys, num_classes)
+            self.test_exit_metrics = accuracy_metrics(keys, num_classes)
         self._example_input: Tensor | None = None
         self._pending_predictions: tuple[Tensor, Tensor] | None = None
         self._epoch_predictions: list[tuple[Tensor, Tensor]] = []
