@@ -5,9 +5,10 @@ Each row is a YAML under configs/digits/ run through the CLI exactly as a user w
 group starts with that same network trained alone with configs/digits/baseline.yaml (same data, optimizer and
 60-epoch budget), the reference every method of the group is judged against.
 
-Per seed, the teacher is retrained with that seed (configs/digits/teacher.yaml exports it to
-checkpoints/digits_teacher.safetensors inside a scratch directory, where the distillation configs read it), so the
-shipped checkpoint is never touched. Test accuracy is measured on the best-validation checkpoint.
+Per seed, the teacher is retrained with that seed inside a scratch directory: configs/digits/teacher.yaml exports it
+into its run directory, and the benchmark copies it to the scratch directory's checkpoints/digits_teacher.safetensors,
+where the distillation configs read it, so the shipped checkpoint is never touched. Test accuracy is measured on the
+best-validation checkpoint.
 
     python benchmarks/accuracy.py                      # every row, seeds 0 1 2
     python benchmarks/accuracy.py --rows KD --seeds 0  # a quick look at one method (and its student alone)
@@ -90,6 +91,27 @@ ROWS: list[Row] = [
     Row("BYOT (deepest exit)", "self_byot.yaml", "self"),
 ]
 TEACHER = Row("teacher", "teacher.yaml", "reference")
+
+
+def teacher_paths() -> tuple[Path, Path]:
+    """Where teacher.yaml exports the teacher and where the distillation configs read it (relative paths)."""
+    callbacks = yaml.safe_load((CONFIGS / TEACHER.config).read_text())["trainer"]["callbacks"]
+    (exported,) = [cb["init_args"]["path"] for cb in callbacks if cb["class_path"].endswith(".ExportWeights")]
+    installed = yaml.safe_load((CONFIGS / "offline_kd.yaml").read_text())["model"]["init_args"]["teacher_weights"]
+    return Path(exported), Path(installed)
+
+
+def install_teacher(workdir: Path) -> Path:
+    """Copy the teacher a run just exported in ``workdir`` to where the distillation configs read it."""
+    exported, installed = (workdir / path for path in teacher_paths())
+    if not exported.is_file():
+        raise RuntimeError(
+            f"expected the teacher run to export {exported} but it did not (see its warnings): the distillation rows "
+            "would have no teacher of this seed."
+        )
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(exported, installed)
+    return installed
 
 
 def config_student(row: Row) -> dict[str, Any]:
@@ -230,6 +252,8 @@ def main() -> None:
                 for row, runs in rows:
                     run = run_config(CONFIGS / row.config, seed, workdir, row_arguments(row))
                     runs.append(run)
+                    if row is TEACHER:
+                        install_teacher(workdir)
                     line = f"seed {seed} {name:>24} {row.label:>24}: {100 * run['acc']:.2f}%"
                     print(line, file=sys.stderr, flush=True)
                     shutil.rmtree(workdir / "runs", ignore_errors=True)

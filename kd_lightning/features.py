@@ -33,15 +33,19 @@ def extract_logits(output: Any) -> Tensor:
 
 
 def resolve_module(model: nn.Module, name: str, role: str = "model") -> nn.Module:
-    """Return ``model``'s submodule at ``name`` or raise a ``ValueError`` listing the nearest valid names."""
+    """Return ``model``'s submodule at ``name`` or raise a ``ValueError`` listing the nearest valid names.
+
+    The nearest names include ``"logits"``, the model output, which a term can always read without a hook.
+    """
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
-    valid = [n for n in modules if n]
+    valid = [LOGITS, *(n for n in modules if n)]
     nearest = difflib.get_close_matches(name, valid, n=5, cutoff=0.4) or valid[:5]
+    note = f"{LOGITS!r} is the model output; " if LOGITS in nearest else ""
     raise ValueError(
         f"{role} {type(model).__name__} has no submodule named {name!r}; nearest valid names: "
-        f"{', '.join(repr(n) for n in nearest)} (all names: `[n for n, _ in model.named_modules()]`)."
+        f"{', '.join(repr(n) for n in nearest)} ({note}all names: `[n for n, _ in model.named_modules()]`)."
     )
 
 

@@ -30,6 +30,35 @@ def _default_name(loss: nn.Module) -> str:
     return re.sub(r"Loss$", "", type(loss).__name__).lower() or "term"
 
 
+def _check_loss(loss: object) -> None:
+    """Raise unless ``loss`` is a loss *module* instance; a loss function or class gets the module form to use."""
+    if isinstance(loss, nn.Module):
+        return
+    name = getattr(loss, "__name__", type(loss).__name__)
+    module_form = _module_form(name)
+    if isinstance(loss, type):
+        fix = f"pass an instance, {name}(...)"
+    elif callable(loss):
+        fix = f"pass the module form {module_form}(...)" if module_form else "wrap the function in a DistillationLoss"
+    else:
+        fix = "pass a loss module such as kd_lightning.losses.KDLoss(temperature=4.0)"
+    raise TypeError(
+        f"expected DistillTerm's loss to be a loss module (an nn.Module with forward(student, teacher, target=None)) "
+        f"but got {name!r}; {fix}. In YAML: loss: {{class_path: kd_lightning.losses.KDLoss}}."
+    )
+
+
+def _module_form(function_name: str) -> str | None:
+    """``kd_loss`` -> ``kd_lightning.losses.KDLoss``: the loss module that wraps a loss function of the library."""
+    from kd_lightning import losses
+
+    wanted = function_name.replace("_", "").lower()
+    for name in losses.__all__:
+        if name[0].isupper() and name.lower() == wanted:
+            return f"kd_lightning.losses.{name}"
+    return None
+
+
 def _check_layer_count(loss: nn.Module, student: LayerSpec, teacher: LayerSpec) -> bool:
     """Check the layer names against ``loss.layers_per_network``; return whether the loss reads tuples of outputs.
 
@@ -89,7 +118,8 @@ class DistillTerm(nn.Module):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        if not weight >= 0:
+        _check_loss(loss)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ValueError(f"expected a DistillTerm weight >= 0 but got weight={weight} for {type(loss).__name__}.")
         if warmup_epochs < 0:
             raise ValueError(f"expected warmup_epochs >= 0 but got warmup_epochs={warmup_epochs}.")
@@ -188,7 +218,7 @@ class Objective(nn.Module):
         return list(dict.fromkeys(name for term in self.terms for name in term.teacher_names))
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor, epoch: int = 0) -> dict[str, Tensor]:
-        ce = F.cross_entropy(student[LOGITS].float(), target, label_smoothing=self.label_smoothing)
+        ce = hard_label_loss(student[LOGITS], target, self.label_smoothing)
         losses = {"ce": self.ce_weight * ce}
         if self.terms and teacher is None:
             raise ValueError("distillation terms need teacher outputs but got none; use a module with a teacher.")
@@ -198,6 +228,20 @@ class Objective(nn.Module):
             except ValueError as error:
                 raise ValueError(f"distillation term {term.name!r} ({term.describe()}): {error}") from error
         return losses
+
+
+def hard_label_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of logits ``[B, C]`` with class indices ``[B]``; a label outside ``[0, C)`` is a clear error."""
+    try:
+        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+    except (IndexError, RuntimeError) as error:
+        if "out of bounds" not in str(error):
+            raise
+        raise ValueError(
+            f"expected labels in [0, {logits.shape[-1]}) (the network has {logits.shape[-1]} outputs) but a batch has "
+            f"labels {sorted(set(target.tolist()))}; set num_classes to the number of classes of the data, or fix "
+            f"the dataset's labels."
+        ) from error
 
 
 def total_loss(losses: Mapping[str, Tensor]) -> Tensor:

@@ -10,35 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from kd_lightning import files
+from kd_lightning.files import TEACHER_COMMAND as TEACHER_COMMAND
+from kd_lightning.files import CheckpointFileError as CheckpointFileError
+
 WRAPPER_PREFIXES = ("student.", "network.", "model.", "module.", "teacher.", "net.")
-TEACHER_COMMAND = "kd-lightning fit --config configs/digits/teacher.yaml"
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read the tensors of a checkpoint or state-dict file (``weights_only``: no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"teacher checkpoint {str(path)!r} not found (working directory {str(Path.cwd())!r}). Train a teacher "
-            f"first, e.g. `{TEACHER_COMMAND}` writes checkpoints/digits_teacher.safetensors, or point "
-            f"`teacher_weights` to an existing .ckpt/.pt/.safetensors file."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def read_state_dict(path: str | Path, what: str = "teacher weights") -> dict[str, Tensor]:
+    """Read the tensors of a checkpoint or state-dict file (``weights_only``: no code is unpickled).
 
-        return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
-            loaded = loaded[key]
-            break
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"expected a state dict of tensors in {str(path)!r} but got {type(loaded).__name__}.")
-    return dict(loaded)
+    ``.safetensors``, ``torch.save`` state dicts and Lightning checkpoints (their ``state_dict``) are read by
+    :func:`kd_lightning.files.read_tensors`: a missing, empty, truncated, corrupt or unsafe file is a
+    :class:`~kd_lightning.files.CheckpointFileError` (``FileNotFoundError`` when missing) that names the file, the
+    fault and how to make a good one (``kd-lightning fit --config configs/digits/teacher.yaml``).
+    """
+    return files.read_tensors(path, what=what)
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", **kwargs: Any) -> dict[str, Any]:
+    """Read a Lightning checkpoint with ``weights_only=True`` (see :func:`kd_lightning.files.read_checkpoint`)."""
+    return files.read_checkpoint(path, what=what, **kwargs)
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
@@ -64,7 +60,7 @@ def _describe(keys: list[str], limit: int = 8) -> str:
 def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> nn.Module:
     """Load ``path`` into ``model`` strictly, with an error that names every key that does not fit."""
     model_state = model.state_dict()
-    state_dict = strip_prefixes(read_state_dict(path), set(model_state))
+    state_dict = strip_prefixes(read_state_dict(path, what=f"{role} weights"), set(model_state))
     missing = sorted(set(model_state) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(model_state))
     mis_shaped = [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,13 +38,16 @@ def test_cli_checkpoint_reloads_without_arguments(in_project_copy):
 
 
 def test_teacher_config_exports_weights_that_distillation_loads(in_project_copy):
-    exported = in_project_copy / "checkpoints" / "digits_teacher.safetensors"
-    exported.unlink()
+    shipped = in_project_copy / "checkpoints" / "digits_teacher.safetensors"
+    before = shipped.read_bytes()
     build_cli(["fit", "--config", str(CONFIGS / "digits/teacher.yaml"), *TINY, "--test_after_fit=false"])
+    exported = in_project_copy / "runs/digits/teacher/digits_teacher.safetensors"
     assert exported.is_file() and exported.stat().st_size < 1_000_000
+    assert shipped.read_bytes() == before, "a run never replaces the shipped teacher unless copy_to asks for it"
     restored = Classifier.load_from_checkpoint(
         in_project_copy / "runs/digits/teacher/lightning_logs/version_0/checkpoints/last.ckpt"
     )
+    shutil.copyfile(exported, shipped)  # the install step in the config's header (`cp ... checkpoints/`)
     cli = build_cli(["--config", str(CONFIGS / "digits/offline_kd.yaml")], run=False)
     for key, value in restored.student.state_dict().items():
         assert torch.equal(cli.model.teacher.state_dict()[key], value) or "num_batches" in key

@@ -1,4 +1,9 @@
-"""``DigitsDataModule``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), no download."""
+"""``DigitsDataModule``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), no download.
+
+The training loader is a :class:`~kd_lightning.data.resumable.ResumableDataLoader` and the augmentation of every sample
+is drawn from ``(seed, epoch, index)``: a run resumed from a mid-epoch checkpoint sees the same batches, in the same
+order and with the same shifts, as the run that was interrupted.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from kd_lightning.data.resumable import ResumableDataLoader, derive_seed, run_seed
 
 
 def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -29,26 +36,55 @@ def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator |
 
 
 class DigitsDataset(Dataset):
-    """Images ``[N, 1, 8, 8]`` (standardised) and labels ``[N]``; items are ``(x, y)`` or ``(x, y, index)``."""
+    """Images ``[N, 1, 8, 8]`` (standardised) and labels ``[N]``; items are ``(x, y)`` or ``(x, y, index)``.
 
-    def __init__(self, images: Tensor, labels: Tensor, max_shift: int = 0, return_index: bool = False) -> None:
+    With ``max_shift > 0`` every item is randomly shifted; the shift of sample ``index`` in epoch ``epoch`` is drawn
+    from ``derive_seed(seed, epoch, index)``, never from the global RNG, so it is the same in every process (workers,
+    a resumed run) and :meth:`sample` replays it. The training loader sets the epoch (:meth:`set_epoch`).
+
+    Args:
+        images: ``[N, 1, 8, 8]``.
+        labels: ``[N]``.
+        max_shift: largest shift in pixels (0: no augmentation).
+        return_index: items carry the sample's index as a third element.
+        seed: seed of the augmentation.
+    """
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, max_shift: int = 0, return_index: bool = False, seed: int = 0
+    ) -> None:
         self.images, self.labels = images, labels
         self.max_shift, self.return_index = max_shift, return_index
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        image = random_shift(self.images[index], self.max_shift)
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation ``__getitem__`` returns (called by the training loader before each epoch)."""
+        self.epoch = int(epoch)
+
+    def sample(self, index: int, epoch: int) -> tuple[Tensor, ...]:
+        """Item ``index`` as the loader yields it in ``epoch``: the same augmented view every time."""
+        image = self.images[index]
+        if self.max_shift > 0:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
+            image = random_shift(image, self.max_shift, generator=generator)
         if self.return_index:
             return image, self.labels[index], torch.tensor(index)
         return image, self.labels[index]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        return self.sample(index, self.epoch)
 
 
 class DigitsDataModule(L.LightningDataModule):
     """Seeded, stratified train/val/test split of ``sklearn.datasets.load_digits``.
 
-    Pixels (0-16) are standardised with the training split's mean and standard deviation.
+    Pixels (0-16) are standardised with the training split's mean and standard deviation. The training loader is a
+    :class:`~kd_lightning.data.resumable.ResumableDataLoader`: its order in epoch ``e`` comes from
+    ``(shuffle_seed, e)``, the shifts from ``(shuffle_seed, e, index)``, and its position is saved in checkpoints, so
+    resuming from a mid-epoch checkpoint continues the interrupted epoch exactly.
 
     Args:
         batch_size: samples per batch.
@@ -59,6 +95,8 @@ class DigitsDataModule(L.LightningDataModule):
         augment: one-pixel random shifts of the training images.
         return_index: batches are ``(x, y, index)`` with the sample's position in its split (for per-sample state).
         train_fraction: use only this share of the training split (stratified), for low-data experiments.
+        shuffle_seed: seed of the training order and augmentation; ``None`` uses the run's seed (``seed_everything``,
+            0 when unset), read when the training loader is built, so every seed of a benchmark sees its own order.
     """
 
     num_classes = 10
@@ -74,6 +112,7 @@ class DigitsDataModule(L.LightningDataModule):
         augment: bool = False,
         return_index: bool = False,
         train_fraction: float = 1.0,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -110,20 +149,23 @@ class DigitsDataModule(L.LightningDataModule):
                 tensors[0][split], tensors[1][split], max_shift=shift, return_index=hp.return_index
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        workers = self.hparams.num_workers
         return DataLoader(
-            self.splits[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            self.splits[split], batch_size=self.hparams.batch_size, num_workers=workers, persistent_workers=workers > 0
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled batches in a seeded order; workers are re-created every epoch (they must see the new epoch)."""
+        seed = run_seed() if self.hparams.shuffle_seed is None else self.hparams.shuffle_seed
+        train = self.splits["train"]
+        train.seed = seed
+        return ResumableDataLoader(
+            train, batch_size=self.hparams.batch_size, shuffle=True, seed=seed, num_workers=self.hparams.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

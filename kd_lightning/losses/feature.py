@@ -119,8 +119,12 @@ class FitNetsLoss(DistillationLoss):
 
 
 def _attention_map(feature: Tensor, p: float) -> Tensor:
-    """``[B, H*W]`` spatial attention: ``mean_c |f|^p``, flattened and L2-normalised per sample."""
-    return F.normalize(feature.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+    """``[B, H*W]`` spatial attention: ``mean_c |f|^p``, flattened and L2-normalised per sample.
+
+    ``|f|`` is clamped to the smallest normal float32 before the power, so ``p < 1`` keeps finite gradients at exact
+    zeros (post-ReLU features), where ``d|f|^p / d|f| = p * 0^(p - 1)`` is infinite; values do not change measurably.
+    """
+    return F.normalize(feature.abs().clamp_min(torch.finfo(torch.float32).tiny).pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 def at_loss(student: Tensor, teacher: Tensor, p: float = 2.0) -> Tensor:

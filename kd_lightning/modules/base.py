@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,18 +18,40 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.core.saving import _load_from_checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.parsing import collect_init_args
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import KLDivergence
 
+from kd_lightning import run_state
 from kd_lightning.features import LOGITS, FeatureTap
+from kd_lightning.files import AtomicCheckpointIO, read_checkpoint
+from kd_lightning.modules import checks, restore
+from kd_lightning.modules.restore import CHECKPOINT_KEY
 from kd_lightning.objective import DistillTerm, Objective, total_loss
 
 Batch = Sequence[Tensor]
 DRY_RUN_SAMPLES = 8
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether a hyperparameter is safe to store in a checkpoint (numbers, strings, and lists/dicts of them)."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def _first_names(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
@@ -59,6 +82,10 @@ class DistillationModule(L.LightningModule):
         optimizer: builds the optimizer from the trainable parameters (teachers are never included).
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
+        on_nonfinite: what a NaN/inf training loss does, caught before ``backward``: ``"stop"`` ends the run with a
+            message naming the loss components, the step and the batch; ``"skip"`` skips that optimizer step (counted
+            and logged as ``train/skipped_steps``; buffers the batch changed, such as BatchNorm statistics, are
+            restored). Never trains on a non-finite loss.
     """
 
     def __init__(
@@ -70,13 +97,28 @@ class DistillationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__()
-        self.student = student
+        self.student = checks.check_network(student, "student")
+        terms = checks.check_terms(terms)
+        checks.check_number(num_classes, "num_classes", minimum=1, integer=True)
+        checks.check_number(ce_weight, "ce_weight")
+        checks.check_factory(optimizer, "optimizer", "torch.optim.AdamW or functools.partial(torch.optim.SGD, lr=0.1)")
+        checks.check_factory(lr_scheduler, "lr_scheduler", "torch.optim.lr_scheduler.CosineAnnealingLR", optional=True)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"expected label_smoothing in [0, 1) but got label_smoothing={label_smoothing}.")
+        if on_nonfinite not in checks.NONFINITE_ACTIONS:
+            raise ValueError(
+                f"expected on_nonfinite to be one of {list(checks.NONFINITE_ACTIONS)} but got {on_nonfinite!r}: "
+                f"'stop' ends the run at a NaN/inf loss, 'skip' skips that step (counted as train/skipped_steps)."
+            )
         self.objective = Objective(terms or [], ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
         self.val_metrics = _stage_metrics(num_classes)
         self.test_metrics = _stage_metrics(num_classes)
         self.student_tap = FeatureTap(student, self.objective.student_layers, role="student")
@@ -86,15 +128,18 @@ class DistillationModule(L.LightningModule):
 
         Under ``LightningCLI`` the whole config (networks and terms as ``class_path`` dicts) is saved, so the CLI's
         checkpoints reload with no arguments. From plain Python, networks, terms and callables are not picklable
-        hyperparameters: they are left out and passed again, ``load_from_checkpoint(path, student=..., ...)``.
+        hyperparameters: they are left out and passed again, ``load_from_checkpoint(path, student=..., ...)``. The
+        arguments of every class in the chain count, so a research subclass's own networks and callables are left
+        out the same way (its checkpoints load with ``weights_only=True``).
         """
         frame = inspect.currentframe().f_back
         if _given_hyperparameters.get() is not None:
             self.save_hyperparameters(frame=frame)
             return
-        init_args = inspect.getargvalues(frame).locals
-        plain = (int, float, str, bool, type(None))
-        ignore = [k for k, v in init_args.items() if k not in ("self", "__class__") and not isinstance(v, plain)]
+        init_args: dict[str, Any] = {}
+        for level in collect_init_args(frame, []):
+            init_args.update(level)
+        ignore = [name for name, value in init_args.items() if not _is_plain(value)]
         self.save_hyperparameters(ignore=ignore, frame=frame)
 
     # ----------------------------------------------------------------- hooks for subclasses
@@ -128,13 +173,37 @@ class DistillationModule(L.LightningModule):
         return self(batch[0]), self.eval_teacher_logits(batch)
 
     # ----------------------------------------------------------------- Lightning steps
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        buffers = [b.detach().clone() for b in self.buffers()] if self.on_nonfinite == "skip" else None
         losses = self.compute_losses(batch)
         loss = total_loss(losses)
         batch_size = len(batch[1])
+        if not self.loss_is_finite(loss, losses, batch, batch_idx):
+            if buffers:
+                torch._foreach_copy_(list(self.buffers()), buffers)  # undo the batch's BatchNorm statistics updates
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         return loss
+
+    def loss_is_finite(self, loss: Tensor, losses: dict[str, Tensor], batch: Batch, batch_idx: int) -> bool:
+        """Guard before ``backward``: a non-finite loss stops the run (default) or skips the step (``"skip"``).
+
+        Under DDP the decision is taken by all ranks together, so every rank skips the same steps.
+        """
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return True
+        message = checks.describe_nonfinite(losses, batch, self.current_epoch, self.global_step, batch_idx)
+        if self.on_nonfinite == "stop":
+            raise checks.NonFiniteLossError(message)
+        self.skipped_steps += 1
+        skipped = message.replace("To skip such steps instead of stopping, set", "Skipped, as set by")
+        warnings.warn(skipped, stacklevel=2)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch[1]))
+        return False
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
@@ -169,32 +238,126 @@ class DistillationModule(L.LightningModule):
         if eval_modules and all(name.startswith("teacher") for name in eval_modules):
             warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
 
+    # ----------------------------------------------------------------- checkpoints: what a resume needs
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the module class and the run state (RNG, loader position, skipped steps) beside the weights."""
+        checkpoint[CHECKPOINT_KEY] = {
+            "module_class": restore.class_name(type(self)),
+            "skipped_steps": self.skipped_steps,
+            "run_state": run_state.capture(self.trainer, checkpoint) if self._trainer is not None else {},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint fits (class, architecture); keep its run state for ``on_train_start``."""
+        restore.check_module_class(type(self), checkpoint, "being loaded")
+        restore.check_architecture(self, checkpoint["state_dict"], "being loaded", restore.unbuilt_adapters(self))
+        ours = checkpoint.get(CHECKPOINT_KEY) or {}
+        self.skipped_steps = int(ours.get("skipped_steps", 0))
+        self._pending_run_state = ours.get("run_state") or None
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> DistillationModule:
+        """Lightning's ``load_from_checkpoint``, after checking the file and that ``cls`` can rebuild its module.
+
+        The file is read by the library's defensive loader (a missing, empty, truncated or unsafe file is an error
+        naming it); a checkpoint written by another module class is refused with the class to use.
+        """
+        checkpoint = read_checkpoint(checkpoint_path, what="checkpoint")
+        restore.check_module_class(cls, checkpoint, checkpoint_path)
+        del checkpoint
+        args = (map_location, hparams_file, strict, weights_only)
+        try:
+            loaded = _load_from_checkpoint(cls, checkpoint_path, *args, **kwargs)
+            return loaded
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} (while loading {str(checkpoint_path)!r}: the teacher is not stored in distillation "
+                f"checkpoints, it is re-read from teacher_weights; pass the file's new location: "
+                f"{cls.__name__}.load_from_checkpoint(path, teacher_weights='new/path.safetensors'), or from the CLI "
+                f"--model.init_args.teacher_weights=new/path.safetensors)"
+            ) from error
+
+    def on_train_start(self) -> None:
+        """Resume: re-apply the saved run state. Then check every trainable parameter is in an optimizer."""
+        state, self._pending_run_state = getattr(self, "_pending_run_state", None), None
+        if state:
+            run_state.restore(self.trainer, state)
+        self._optimized = self.check_optimized()
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """After the first step of the fit, make sure no parameter appeared that the optimizer does not hold."""
+        if getattr(self, "_optimized", None) is not None:
+            self.check_optimized(expected=self._optimized)
+            self._optimized = None
+
+    def check_optimized(self, expected: set[int] | None = None) -> set[int]:
+        """Raise when a trainable parameter is in no optimizer (e.g. an adapter built after the optimizer)."""
+        optimized = {id(p) for opt in self.trainer.optimizers for group in opt.param_groups for p in group["params"]}
+        if not optimized:
+            return optimized
+        left_out = [name for name, p in self.named_parameters() if p.requires_grad and id(p) not in optimized]
+        if left_out:
+            when = "during the first training step" if expected is not None else "after the optimizer was built"
+            raise RuntimeError(
+                f"{len(left_out)} trainable parameter(s) are in no optimizer and would never be trained: "
+                f"{_first_names(left_out)} (created {when}). Build every loss module in compute_losses, which the dry "
+                f"run in setup() calls before the optimizer exists, or freeze them with requires_grad_(False)."
+            )
+        return optimized
+
     # ----------------------------------------------------------------- setup: fail before training, build adapters
     def setup(self, stage: str) -> None:
+        """Make checkpoint files atomic; before a fit, run the checks and the dry run (see :meth:`dry_run`)."""
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()  # same files; temporary file + rename, defensive loads
         if stage == "fit":
-            self.dry_run(self.example_batch())
+            checks.check_budget(self.trainer)
+            batch = self.example_batch()
+            checks.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
+            self.dry_run([item[:DRY_RUN_SAMPLES] if isinstance(item, Tensor) else item for item in batch])
+            checks.check_label_range(batch[1], self.num_classes)
 
     def example_batch(self) -> Batch:
-        """A few samples of the training data, to check shapes and build lazy adapters before the optimizer exists."""
+        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run.
+
+        ``setup`` runs the dry run on its first samples and checks every label against ``num_classes`` after it.
+        """
         trainer = self.trainer
         if trainer.datamodule is not None:
             loader = trainer.datamodule.train_dataloader()
         else:
             loader = trainer.fit_loop._data_source.dataloader()
-        batch = next(iter(loader))
-        return [item[:DRY_RUN_SAMPLES] if isinstance(item, Tensor) else item for item in batch]
+        try:
+            batch = next(iter(loader))
+        except StopIteration:
+            raise ValueError(
+                "the training dataloader is empty: there is nothing to train on; check the dataset's size, "
+                "train_fraction/split settings, and that batch_size is not larger than the dataset with drop_last."
+            ) from None
+        checks.split_batch(batch, num_classes=None)
+        return batch
 
     @torch.no_grad()
     def dry_run(self, batch: Batch) -> None:
-        """Run the objective once in eval mode: builds adapters, checks class counts, layer names and shapes.
+        """Run the losses once in eval mode: builds adapters, checks class counts, layer names and shapes.
 
+        ``compute_losses`` is what runs, so adapters of losses a subclass adds there are built (and optimized) too.
         Errors surface here, before the first training step; BatchNorm statistics are not touched.
         """
         with self.temporarily_in_eval_mode():
             student = self.student_outputs(batch)
             teacher = self.teacher_outputs(batch)
             self.check_classes(student, teacher)
-            self.objective(student, teacher, batch[1], epoch=0)
+            self.compute_losses(batch)
 
     @contextlib.contextmanager
     def temporarily_in_eval_mode(self) -> Iterator[None]:

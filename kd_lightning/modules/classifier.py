@@ -7,6 +7,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from kd_lightning.modules.base import DistillationModule
+from kd_lightning.modules.checks import check_network
 
 
 class Classifier(DistillationModule):
@@ -18,6 +19,7 @@ class Classifier(DistillationModule):
         optimizer: optimizer factory applied to the network's parameters.
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
+        on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
 
     Example:
         >>> from kd_lightning.models import DigitsMLP
@@ -33,14 +35,16 @@ class Classifier(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__(
-            student=network,
+            student=check_network(network, "network"),
             terms=[],
             ce_weight=1.0,
             num_classes=num_classes,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
+            on_nonfinite=on_nonfinite,
         )
         self.save_init_arguments()

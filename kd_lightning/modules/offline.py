@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from kd_lightning.features import FeatureTap
 from kd_lightning.losses import KDLoss
 from kd_lightning.modules.base import Batch, DistillationModule
+from kd_lightning.modules.checks import check_network
+from kd_lightning.modules.restore import CHECKPOINT_KEY, fingerprint
 from kd_lightning.objective import DistillTerm
 from kd_lightning.teacher import freeze, load_weights
 
@@ -41,6 +44,7 @@ class OfflineDistillation(DistillationModule):
         optimizer: optimizer factory (student and loss adapters only).
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
+        on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
     """
 
     def __init__(
@@ -54,7 +58,9 @@ class OfflineDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
+        check_network(teacher, "teacher")
         if terms is None:
             terms = [DistillTerm(KDLoss(temperature=4.0), weight=0.9)]
             ce_weight = 0.1 if ce_weight is None else ce_weight
@@ -66,6 +72,7 @@ class OfflineDistillation(DistillationModule):
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
+            on_nonfinite=on_nonfinite,
         )
         if teacher_weights is not None:
             teacher_weights = str(teacher_weights)
@@ -85,13 +92,40 @@ class OfflineDistillation(DistillationModule):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop the frozen teacher from the checkpoint: it is re-attached from ``teacher_weights`` on load."""
+        """Drop the frozen teacher from the checkpoint (it is re-attached from ``teacher_weights`` on load); keep a
+        fingerprint of its weights, so a resume beside a changed teacher file is caught."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {
             key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(TEACHER_PREFIX)
         }
+        checkpoint[CHECKPOINT_KEY]["teacher_fingerprint"] = self.teacher_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Insert the live teacher's weights so that strict loading of the teacher-less checkpoint succeeds."""
+        """Insert the live teacher's weights so that strict loading of the teacher-less checkpoint succeeds.
+
+        A teacher whose weights differ from those the checkpoint was trained beside stops a resumed fit (the run
+        would continue against another teacher) and is a warning when the checkpoint is only loaded.
+        """
         state_dict = checkpoint["state_dict"]
         for key, value in self.teacher.state_dict().items():
             state_dict[TEACHER_PREFIX + key] = value
+        super().on_load_checkpoint(checkpoint)
+        saved = (checkpoint.get(CHECKPOINT_KEY) or {}).get("teacher_fingerprint")
+        if saved is None or saved == self.teacher_fingerprint():
+            return
+        message = (
+            f"the teacher's weights (teacher_weights={self.hparams.get('teacher_weights')!r}) differ from those this "
+            f"checkpoint was trained with: the file was replaced or another one is given"
+        )
+        if self._trainer is not None and self.trainer.training:
+            raise ValueError(
+                f"{message}; a resumed run must keep its teacher: point teacher_weights to the original file, or start "
+                f"a new run without --ckpt_path."
+            )
+        warnings.warn(f"{message}; the student loads unchanged, teacher metrics are the new one's.", stacklevel=2)
+
+    def teacher_fingerprint(self) -> str:
+        """SHA-256 of the frozen teacher's weights (computed once: the teacher never changes)."""
+        if getattr(self, "_teacher_fingerprint", None) is None:
+            self._teacher_fingerprint = fingerprint(self.teacher)
+        return self._teacher_fingerprint

@@ -129,6 +129,7 @@ class OnlineDistillation(DistillationModule):
         optimizer: optimizer factory, applied to all peers and loss adapters.
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
+        on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
 
     Example:
         >>> from kd_lightning.models import DigitsCNN, DigitsMLP
@@ -150,6 +151,7 @@ class OnlineDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
         cohort = _named_peers(peers)
         if student not in cohort:
@@ -162,6 +164,7 @@ class OnlineDistillation(DistillationModule):
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
+            on_nonfinite=on_nonfinite,
         )
         self.student_name, self.peer_names, self.mutual = student, list(cohort), mutual
         self.peers = nn.ModuleDict({name: net for name, net in cohort.items() if name != student})

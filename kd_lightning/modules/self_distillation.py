@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from kd_lightning.features import LOGITS, FeatureTap, resolve_module
 from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule, accuracy_metrics
+from kd_lightning.modules.checks import check_network
 from kd_lightning.modules.exits import BYOTExits, exit_key, exit_table, truncate
 from kd_lightning.modules.temporal import TemporalTeacher
 from kd_lightning.objective import DistillTerm, Objective
@@ -43,6 +44,7 @@ class SelfDistillation(DistillationModule):
         optimizer: optimizer factory (student, exits and loss adapters; never the teacher copy).
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropies.
+        on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
 
     Example:
         >>> from kd_lightning.models import DigitsCNN
@@ -69,7 +71,9 @@ class SelfDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
+        check_network(student, "student")
         if (exits is None) == (teacher is None):
             raise ValueError(
                 "SelfDistillation needs exactly one of exits=BYOTExits(...) (layer-wise) or teacher=EMATeacher / "
@@ -95,6 +99,7 @@ class SelfDistillation(DistillationModule):
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
+            on_nonfinite=on_nonfinite,
         )
         self.exits, self.teacher = exits, teacher
         self.hard_labels = Objective([], ce_weight=1.0, label_smoothing=label_smoothing)
@@ -160,7 +165,15 @@ class SelfDistillation(DistillationModule):
         if self.teacher is not None:
             self.teacher.after_optimizer_step(self.student)
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        """The base step; then PS-KD stores the batch's predictions, before any callback can save a checkpoint."""
+        loss = super().training_step(batch, batch_idx)
+        if loss is None:  # a skipped non-finite step: its predictions are not kept either
+            self._pending_predictions = None
+        self._store_predictions()
+        return loss
+
+    def _store_predictions(self) -> None:
         """PS-KD: store this batch's predictions for the next epoch (under DDP, gathered at the end of the epoch)."""
         if self._pending_predictions is None:
             return

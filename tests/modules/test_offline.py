@@ -93,6 +93,7 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
         "num_classes": 10,
         "lr_scheduler": None,
         "label_smoothing": 0.0,
+        "on_nonfinite": "stop",
     }
 
     restored = OfflineDistillation.load_from_checkpoint(

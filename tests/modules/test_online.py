@@ -228,6 +228,7 @@ def test_checkpoint_round_trip_restores_every_peer_and_adapter(tmp_path):
         "num_classes": 10,
         "lr_scheduler": None,
         "label_smoothing": 0.0,
+        "on_nonfinite": "stop",
     }
 
     restored = OnlineDistillation.load_from_checkpoint(
