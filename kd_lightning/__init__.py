@@ -1,11 +1,19 @@
 """kd_lightning: knowledge distillation as PyTorch Lightning modules."""
 
 from kd_lightning.callbacks import DistillationReport, ExportWeights
-from kd_lightning.data import DigitsDataModule, EpochSampler, ResumableDataLoader
+from kd_lightning.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DigitsDataModule,
+    EpochSampler,
+    ImageFolderDataModule,
+    ResumableDataLoader,
+    SyntheticImageDataModule,
+)
 from kd_lightning.features import FeatureTap
 from kd_lightning.files import AtomicCheckpointIO, CheckpointFileError, read_checkpoint, read_tensors
 from kd_lightning.losses import DistillationLoss
-from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN
+from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN, timm_model, torchvision_model
 from kd_lightning.modules import (
     BYOTExits,
     Classifier,
@@ -18,6 +26,7 @@ from kd_lightning.modules import (
     SnapshotTeacher,
 )
 from kd_lightning.modules.checks import NonFiniteLossError
+from kd_lightning.normalization import Renormalize
 from kd_lightning.objective import DistillTerm, Objective
 from kd_lightning.teacher import freeze, load_weights
 
@@ -26,6 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AtomicCheckpointIO",
     "BYOTExits",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "CheckpointFileError",
     "Classifier",
     "DigitsCNN",
@@ -39,17 +50,22 @@ __all__ = [
     "EpochSampler",
     "ExportWeights",
     "FeatureTap",
+    "ImageFolderDataModule",
     "NonFiniteLossError",
     "Objective",
     "OfflineDistillation",
     "OnlineDistillation",
     "PSKDTeacher",
+    "Renormalize",
     "ResumableDataLoader",
     "SelfDistillation",
     "SnapshotTeacher",
+    "SyntheticImageDataModule",
     "TinyCNN",
     "freeze",
     "load_weights",
     "read_checkpoint",
     "read_tensors",
+    "timm_model",
+    "torchvision_model",
 ]

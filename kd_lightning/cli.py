@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -19,8 +21,34 @@ from kd_lightning.diagnose import debug_requested, diagnose
 from kd_lightning.modules import DistillationModule
 
 
+class KDArgumentParser(LightningArgumentParser):
+    """Lightning's parser, made safe for networks built by a function (``class_path: kd_lightning.models.timm_model``,
+    ``torchvision.models.resnet18``) inside a model whose ``num_classes`` is linked from the datamodule.
+
+    A jsonargparse bug (every release up to 4.53, the newest): the link ``data.num_classes`` ->
+    ``model.init_args.num_classes`` stores ``linked_targets={"num_classes"}`` in the ``model`` action's sub-parser
+    options. When a later value for ``model`` (``--model.init_args.ce_weight=0.5``) is merged into the config,
+    ``ActionTypeHint.discard_init_args_on_class_path_change`` builds a parser for every nested ``class_path`` of the
+    model (the teacher, the student) with those same options, and for a function ``cached_get_class_parser`` drops
+    ``instantiate`` but not ``linked_targets``: ``add_function_arguments() got an unexpected keyword argument
+    'linked_targets'``. The option only clears "required" from the link's targets, which are the model's, not the
+    builder's: it is ignored here.
+    """
+
+    def add_function_arguments(
+        self, function: Callable, *args: Any, linked_targets: Any = None, **kwargs: Any
+    ) -> list[str]:
+        return super().add_function_arguments(function, *args, **kwargs)
+
+
 class KDLightningCLI(LightningCLI):
     """LightningCLI that links ``data.num_classes`` into the model and tests after fitting."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, as :class:`KDArgumentParser` (every sub-parser jsonargparse makes is of this class)."""
+        if self.parser_class is LightningArgumentParser:
+            self.parser_class = KDArgumentParser
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

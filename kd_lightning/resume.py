@@ -52,7 +52,10 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def run_directories(trainer: Any) -> list[Path]:
-    """Folders of this config's runs, in which ``version_*/checkpoints`` (or the callback's ``dirpath``) live."""
+    """Folders of this config's runs, in which ``version_*/checkpoints`` (or the callback's ``dirpath``) live.
+
+    ``checkpoints`` under the default root is where ``ModelCheckpoint`` writes when the run has no logger.
+    """
     root = Path(_get(trainer, "default_root_dir") or ".")
     folders: list[Path] = []
     for logger in _as_list(_get(trainer, "logger")):
@@ -60,8 +63,8 @@ def run_directories(trainer: Any) -> list[Path]:
         save_dir = _get(init_args, "save_dir")
         if save_dir is not None:
             name = _get(init_args, "name", "lightning_logs")
-            folders.append(Path(save_dir) / name if name else Path(save_dir))
-    folders.append(root / "lightning_logs")
+            folders += [Path(save_dir) / name if name else Path(save_dir), Path(save_dir)]
+    folders += [root / "lightning_logs", root / "checkpoints"]  # the default logger's folder; no logger at all
     for callback in _as_list(_get(trainer, "callbacks")):
         if str(_get(callback, "class_path", "")).endswith("ModelCheckpoint"):
             dirpath = _get(_get(callback, "init_args"), "dirpath")
@@ -73,7 +76,7 @@ def run_directories(trainer: Any) -> list[Path]:
 def find_last(trainer: Any) -> Path:
     """The newest ``last*.ckpt`` of this config's runs, or a :class:`ResumeError` naming where it looked."""
     folders = run_directories(trainer)
-    found = [path for folder in folders for path in _last_files(folder)]
+    found = list(dict.fromkeys(path.resolve() for folder in folders for path in _last_files(folder)))
     if not found:
         where = ", ".join(repr(str(folder)) for folder in folders)
         raise ResumeError(
@@ -87,7 +90,9 @@ def find_last(trainer: Any) -> Path:
 def _last_files(folder: Path) -> Iterable[Path]:
     if not folder.is_dir():
         return []
-    return [*folder.glob("last*.ckpt"), *folder.glob("version_*/checkpoints/last*.ckpt")]
+    # CSV/TensorBoard: <name>/version_N/checkpoints; W&B: <project>/<run id>/checkpoints; no logger: checkpoints/
+    patterns = ("last*.ckpt", "*/checkpoints/last*.ckpt", "*/*/checkpoints/last*.ckpt")
+    return list(dict.fromkeys(path for pattern in patterns for path in folder.glob(pattern)))
 
 
 # ----------------------------------------------------------------- is it this run?

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
@@ -148,7 +149,7 @@ class _Positioned(Iterator[Any]):
         if self.iterator is None:
             self.iterator = self.loader._start_pass(self)
         batch = next(self.iterator)
-        if self.loader._active is self:
+        if self.loader.active_pass() is self:
             self.loader._batches += 1
         return batch
 
@@ -195,7 +196,7 @@ class ResumableDataLoader(DataLoader):
         self._batches = 0
         self._epoch = 0
         self._pending: tuple[int, int] | None = None
-        self._active: _Positioned | None = None
+        self._active: weakref.ref[_Positioned] | None = None  # weak: a dropped pass frees its workers at once
         super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, **kwargs)
 
     @property
@@ -216,6 +217,10 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         return _Positioned(self)
 
+    def active_pass(self) -> _Positioned | None:
+        """The pass that counts the consumed batches (the latest started one), if it is still alive."""
+        return self._active() if self._active is not None else None
+
     def _start_pass(self, owner: _Positioned) -> Iterator[Any]:
         """Begin a pass: the saved position if a state was loaded, else the sampler's epoch from its start."""
         if self._pending is not None:
@@ -223,7 +228,7 @@ class ResumableDataLoader(DataLoader):
             self.set_epoch(epoch)
         else:
             epoch, skip = self.epoch, 0
-        self._active, self._epoch, self._batches, self._skip = owner, epoch, skip, skip
+        self._active, self._epoch, self._batches, self._skip = weakref.ref(owner), epoch, skip, skip
         set_dataset_epoch = getattr(self.dataset, "set_epoch", None)
         if callable(set_dataset_epoch):
             set_dataset_epoch(epoch)

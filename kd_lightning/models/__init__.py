@@ -1,5 +1,60 @@
-"""Small reference networks (``nn.Module``s returning logits)."""
+"""Reference networks (``nn.Module``s returning logits): the 8x8-digits networks and the CIFAR benchmark zoo."""
 
+from kd_lightning.models.cifar import (
+    CIFAR_NETWORKS,
+    MobileNetV2,
+    ResNet50,
+    ShuffleV1,
+    ShuffleV2,
+    resnet8,
+    resnet8x4,
+    resnet14,
+    resnet20,
+    resnet32,
+    resnet32x4,
+    resnet44,
+    resnet56,
+    resnet110,
+    vgg8,
+    vgg11,
+    vgg13,
+    vgg16,
+    vgg19,
+    wrn_16_1,
+    wrn_16_2,
+    wrn_40_1,
+    wrn_40_2,
+)
 from kd_lightning.models.digits import DigitsCNN, DigitsMLP, TinyCNN
+from kd_lightning.models.hub import timm_model, torchvision_model
 
-__all__ = ["DigitsCNN", "DigitsMLP", "TinyCNN"]
+__all__ = [
+    "CIFAR_NETWORKS",
+    "DigitsCNN",
+    "DigitsMLP",
+    "MobileNetV2",
+    "ResNet50",
+    "ShuffleV1",
+    "ShuffleV2",
+    "TinyCNN",
+    "resnet8",
+    "resnet8x4",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet32x4",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "timm_model",
+    "torchvision_model",
+    "vgg8",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+]

@@ -16,10 +16,13 @@ from kd_lightning.losses import KDLoss
 from kd_lightning.modules.base import Batch, DistillationModule
 from kd_lightning.modules.checks import check_network
 from kd_lightning.modules.restore import CHECKPOINT_KEY, fingerprint
+from kd_lightning.normalization import Renormalize, normalization_stats
 from kd_lightning.objective import DistillTerm
 from kd_lightning.teacher import freeze, load_weights
 
 TEACHER_PREFIX = "teacher."
+NO_STUDENT_STATS = "teacher_normalization needs the statistics the batches are standardised with"
+SET_STUDENT_STATS = "set student_normalization: {mean: [...], std: [...]} in the model's init_args."
 
 
 class OfflineDistillation(DistillationModule):
@@ -45,6 +48,13 @@ class OfflineDistillation(DistillationModule):
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
         on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
+        teacher_normalization: ``{mean: [...], std: [...]}`` the teacher's inputs were standardised with in its
+            training, when they differ from the student's (a timm ImageNet teacher beside a CIFAR student: ``{mean:
+            [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}``, its ``pretrained_cfg``). Every batch, standardised
+            for the student, is re-standardised for the teacher, ``(x * std_s + mean_s - mean_t) / std_t``, in
+            :meth:`teacher_outputs` (training and evaluation). ``None``: the teacher sees the student's inputs.
+        student_normalization: ``{mean, std}`` the batches are standardised with; ``None`` reads the datamodule's
+            ``mean`` and ``std`` attributes when the fit starts (an error before the first step if it has none).
     """
 
     def __init__(
@@ -59,6 +69,8 @@ class OfflineDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "stop",
+        teacher_normalization: dict[str, Sequence[float]] | None = None,
+        student_normalization: dict[str, Sequence[float]] | None = None,
     ) -> None:
         check_network(teacher, "teacher")
         if terms is None:
@@ -79,11 +91,43 @@ class OfflineDistillation(DistillationModule):
             load_weights(teacher, teacher_weights, role="teacher")
         self.teacher = freeze(teacher)
         self.teacher_tap = FeatureTap(teacher, self.objective.teacher_layers, role="teacher")
+        self.teacher_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self.teacher_input: Renormalize | None = None
+        if teacher_normalization is not None:
+            self.teacher_stats = normalization_stats(teacher_normalization, "teacher_normalization")
+            if student_normalization is not None:
+                self.set_student_normalization(normalization_stats(student_normalization, "student_normalization"))
+        elif student_normalization is not None:
+            raise ValueError(
+                "expected teacher_normalization beside student_normalization but got only the student's: give the "
+                "teacher's {mean, std} too (or drop student_normalization: the teacher then sees the student's inputs)."
+            )
         self.save_init_arguments()
 
+    def set_student_normalization(self, stats: tuple[Sequence[float], Sequence[float]]) -> None:
+        """Build the teacher's input re-normalisation from the student's ``(mean, std)``."""
+        self.teacher_input = Renormalize(*stats, *self.teacher_stats)
+
+    def setup(self, stage: str) -> None:
+        """Without ``student_normalization``, take the student's statistics from the datamodule, then the checks."""
+        if self.teacher_stats is not None and self.teacher_input is None:
+            datamodule = self.trainer.datamodule
+            if getattr(datamodule, "mean", None) is None or getattr(datamodule, "std", None) is None:
+                source = "no datamodule" if datamodule is None else f"{type(datamodule).__name__} without mean/std"
+                raise ValueError(f"{NO_STUDENT_STATS} but got {source}: {SET_STUDENT_STATS}")
+            self.set_student_normalization(normalization_stats(datamodule, f"{type(datamodule).__name__}'s"))
+        super().setup(stage)
+
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        """Teacher logits and features, on the batch re-standardised for the teacher when ``teacher_normalization``."""
+        if self.teacher_stats is not None and self.teacher_input is None:
+            raise RuntimeError(
+                f"{NO_STUDENT_STATS}, which a fit reads from the datamodule's mean/std: outside a Trainer, call "
+                f"set_student_normalization((mean, std)) first, or {SET_STUDENT_STATS}"
+            )
         with torch.no_grad():
-            return self.teacher_tap(batch[0])
+            x = batch[0] if self.teacher_input is None else self.teacher_input(batch[0])
+            return self.teacher_tap(x)
 
     def train(self, mode: bool = True) -> OfflineDistillation:
         """Switch the student (and adapters) to ``mode``; the teacher always stays in eval mode."""

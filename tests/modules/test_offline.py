@@ -94,6 +94,8 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
         "lr_scheduler": None,
         "label_smoothing": 0.0,
         "on_nonfinite": "stop",
+        "teacher_normalization": None,
+        "student_normalization": None,
     }
 
     restored = OfflineDistillation.load_from_checkpoint(
