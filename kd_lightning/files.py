@@ -98,13 +98,40 @@ def describe_path(path: Path) -> str:
     return f"{str(path)!r} (relative to the working directory {os.getcwd()!r})"
 
 
-def remedy_for(what: str) -> str:
-    """How to make a good file of this kind (teacher weights, a checkpoint, any other weights)."""
+def remedy_for(what: str, path: Path | None = None) -> str:
+    """How to make a good file of this kind (teacher weights, a checkpoint, any other weights).
+
+    For teacher weights, a config under ``./configs`` whose ``ExportWeights`` writes a file of the same name is named
+    with its command (``checkpoints/cifar100/resnet32x4.safetensors`` -> ``configs/cifar100/teacher_resnet32x4.yaml``).
+    """
     if "teacher" in what:
-        return REMEDY_TEACHER
+        maker = _exporting_config(path) if path is not None else None
+        if maker is None:
+            return REMEDY_TEACHER
+        config, export = maker
+        return (
+            f"To make it, train the teacher: `kd-lightning fit --config {config}` writes {export}; then "
+            f"`cp {export} {path}`. Or point `teacher_weights` to an existing .ckpt/.pt/.safetensors file."
+        )
     if "checkpoint" in what:
         return REMEDY_CHECKPOINT
     return REMEDY_WEIGHTS
+
+
+def _exporting_config(path: Path) -> tuple[str, str] | None:
+    """``(config, export path)`` of the first config under ``./configs`` that exports a file named ``path.name``."""
+    folder = Path("configs")
+    if not folder.is_dir():
+        return None
+    for config in sorted(folder.rglob("*.yaml")):
+        text = config.read_text(errors="replace")
+        if "ExportWeights" not in text:
+            continue
+        for line in text.splitlines():
+            found = re.search(r"path:\s*([^\s,}]+)", line)
+            if found and not line.lstrip().startswith("#") and Path(found.group(1)).name == path.name:
+                return str(config), found.group(1)
+    return None
 
 
 def _expected(path: Path) -> str:
@@ -121,7 +148,7 @@ def _size(count: int) -> str:
 
 def _fail(path: Path, what: str, reason: Reason, problem: str, remedy: str | None = None) -> CheckpointFileError:
     """The error to raise: ``<what> <path> <problem>. <remedy>``."""
-    message = f"{what} {describe_path(path)} {problem} {remedy or remedy_for(what)}"
+    message = f"{what} {describe_path(path)} {problem} {remedy or remedy_for(what, path)}"
     cls = MissingCheckpointError if reason == "missing" else CheckpointFileError
     return cls(message, path, reason)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,24 @@ def with_teacher_file(
     return args
 
 
+def image_folder_without_val(project: Path) -> list[str]:
+    """An ImageNet-style folder that has train/ but no val/ (the validation images not unpacked yet)."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (project / "images" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(project / "images" / "train" / name / "0.png")
+    overlay = "data:\n  class_path: kd_lightning.ImageFolderDataModule\n  init_args: {root: images, input_size: 32}\n"
+    return ["fit", "--config", str(DIGITS / "baseline.yaml"), "--config", write(project, "data.yaml", overlay), *SHORT]
+
+
+def cifar_recipe_without_its_teacher(project: Path) -> list[str]:
+    """A CIFAR-100 recipe run before its teacher was trained, from a checkout (configs/ beside checkpoints/)."""
+    shutil.copytree(CONFIGS, project / "configs")
+    recipe = "configs/cifar100/resnet32x4_resnet8x4_kd.yaml"
+    return ["fit", "--config", recipe, "--data=kd_lightning.SyntheticImageDataModule", *SHORT]
+
+
 def earlier_run(config: str) -> Path:
     """The ``last.ckpt`` of a finished tiny run of ``config`` in the current project copy."""
     main(["fit", "--config", str(DIGITS / config), *SHORT])
@@ -179,6 +198,12 @@ CLI_MISTAKES = [
     ),
     CliMistake(
         "negative term weight", edited("offline_kd.yaml", "weight: 0.9", "weight: -0.9"), ("weight >= 0", "terms[0]"), 2
+    ),
+    CliMistake(
+        "one list item set on the command line",
+        plain("--model.init_args.terms.0.init_args.weight=2"),
+        ("cannot set one item of a list", "edit the YAML"),
+        2,
     ),
     CliMistake("negative ce_weight", plain("--model.init_args.ce_weight=-1"), ("ce_weight >= 0",), 2),
     CliMistake(
@@ -283,6 +308,27 @@ CLI_MISTAKES = [
         resume_from("offline_kd.yaml", truncated_checkpoint, "--trainer.max_epochs=2"),
         ("last.ckpt", "truncated"),
     ),
+    # vision workloads
+    CliMistake(
+        "CIFAR-100 files missing",
+        lambda project: ["fit", "--config", str(CONFIGS / "cifar100" / "baseline_resnet8x4.yaml"), *SHORT],
+        ("CIFAR-100 was not found", "cifar-100-python", "download: true"),
+    ),
+    CliMistake(
+        "unknown timm model name",
+        edited(
+            "baseline.yaml",
+            "class_path: kd_lightning.models.DigitsMLP\n      init_args: {num_classes: 10, hidden: [32]}",
+            "class_path: kd_lightning.models.timm_model\n      init_args: {name: resnet19, in_chans: 1}",
+        ),
+        ("unknown timm model 'resnet19'", "resnet18"),
+    ),
+    CliMistake(
+        "CIFAR-100 teacher not trained yet",
+        cifar_recipe_without_its_teacher,
+        ("resnet32x4.safetensors", "not found", "configs/cifar100/teacher_resnet32x4.yaml", "cp runs/cifar100/"),
+    ),
+    CliMistake("ImageFolder without val/", image_folder_without_val, ("val", "expected layout", "train/<class>")),
     # data
     CliMistake("NaN pixel in the data", with_data("nan_pixel"), ("NaN/inf", "first training batch", "fix the dataset")),
     CliMistake("label outside the classes", with_data("label_12"), ("12", "labels in [0, 10)", "num_classes")),
@@ -396,6 +442,18 @@ API_MISTAKES = [
         "label smoothing of 1.5", lambda r: offline(label_smoothing=1.5), ValueError, ("label_smoothing in [0, 1)",)
     ),
     ApiMistake("num_classes=0", lambda r: offline(num_classes=0), ValueError, ("num_classes >= 1",)),
+    ApiMistake(
+        "nothing to learn from",
+        lambda r: offline(ce_weight=0.0, terms=[]),
+        ValueError,
+        ("nothing to learn from", "ce_weight > 0"),
+    ),
+    ApiMistake(
+        "cohort with nothing to learn",
+        lambda r: OnlineDistillation([DigitsMLP(), DigitsMLP()], student="peer0", ce_weight=0.0, terms=[]),
+        ValueError,
+        ("OnlineDistillation has nothing to learn from",),
+    ),
     ApiMistake("one peer", lambda r: OnlineDistillation(peers=[DigitsMLP()]), ValueError, ("at least two peers",)),
     ApiMistake(
         "SelfDistillation given only a student",

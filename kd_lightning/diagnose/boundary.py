@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +38,7 @@ def _diagnose(error: BaseException, args: Sequence[str]) -> Diagnosis:
         return Diagnosis("interrupted (Ctrl-C); stopped.", exit_code=INTERRUPT_EXIT)
     cli = _cli_in_traceback(error)
     if isinstance(error, argparse.ArgumentError):
-        return describe_parse_error(str(error), getattr(cli, "parser", None), args)
+        return _list_index_hint(describe_parse_error(str(error), getattr(cli, "parser", None), args))
     config = getattr(cli, "config", None)
     subcommand = getattr(cli, "subcommand", None) or (config.get("subcommand") if config is not None else None)
     if subcommand:
@@ -45,6 +47,21 @@ def _diagnose(error: BaseException, args: Sequence[str]) -> Diagnosis:
     trainer_class = getattr(cli, "trainer_class", None)
     groups = {"trainer": trainer_class} if isinstance(trainer_class, type) else {}
     return describe_exception(error, config_dict, args, groups)
+
+
+LIST_INDEX = re.compile(r"unrecognized arguments: --(\d+)\.")
+
+
+def _list_index_hint(diagnosis: Diagnosis) -> Diagnosis:
+    """``--model.init_args.terms.0.init_args.weight=...``: list items cannot be set one by one from the command line."""
+    match = LIST_INDEX.search(diagnosis.message)
+    if match is None or diagnosis.fix:
+        return diagnosis
+    fix = (
+        f"the command line cannot set one item of a list (index {match.group(1)}): edit the YAML, or pass the whole "
+        "list, e.g. --model.init_args.terms='[{class_path: kd_lightning.DistillTerm, init_args: {...}}]'"
+    )
+    return dataclasses.replace(diagnosis, fix=fix)
 
 
 def _cli_in_traceback(error: BaseException) -> Any:

@@ -80,6 +80,16 @@ def check_number(value: Any, argument: str, minimum: float = 0.0, integer: bool 
         raise ValueError(f"expected {argument} >= {minimum:g} ({kind}) but got {argument}={value!r}.")
 
 
+def check_something_to_learn(ce_weight: float, term_weights: Sequence[float], module: str) -> None:
+    """Raise when every loss weight is zero: the objective is the constant 0 and training would change nothing."""
+    if ce_weight == 0 and not any(weight > 0 for weight in term_weights):
+        kind = "every term has weight 0" if term_weights else "there are no distillation terms"
+        raise ValueError(
+            f"{module} has nothing to learn from: ce_weight=0 and {kind}, so the loss is always 0; give ce_weight > 0 "
+            f"(the labels) or at least one DistillTerm with weight > 0."
+        )
+
+
 # ----------------------------------------------------------------- the first batch
 def split_batch(batch: Any, num_classes: int | None, needs_labels: bool = True) -> tuple[Tensor, Tensor | None]:
     """Check a training batch's structure and values; return its inputs ``[B, ...]`` and labels ``[B]``.

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from kd_lightning.features import FeatureTap
 from kd_lightning.losses import KDLoss
 from kd_lightning.modules.base import Batch, DistillationModule
-from kd_lightning.modules.checks import check_network
+from kd_lightning.modules.checks import check_network, check_something_to_learn
 from kd_lightning.modules.restore import CHECKPOINT_KEY, fingerprint
 from kd_lightning.normalization import Renormalize, normalization_stats
 from kd_lightning.objective import DistillTerm
@@ -89,6 +89,9 @@ class OfflineDistillation(DistillationModule):
         if teacher_weights is not None:
             teacher_weights = str(teacher_weights)
             load_weights(teacher, teacher_weights, role="teacher")
+        check_something_to_learn(
+            self.objective.ce_weight, [t.weight for t in self.objective.terms], "OfflineDistillation"
+        )
         self.teacher = freeze(teacher)
         self.teacher_tap = FeatureTap(teacher, self.objective.teacher_layers, role="teacher")
         self.teacher_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None

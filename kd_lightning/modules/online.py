@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kd_lightning.features import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
 from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
+from kd_lightning.modules.checks import check_something_to_learn
 from kd_lightning.objective import DistillTerm, Objective
 
 PeerOutputs = dict[str, dict[str, Tensor]]
@@ -88,6 +89,11 @@ def _links_of(learner: str, terms: list[DistillTerm], peers: list[str]) -> nn.Mo
     """``{term name: {source peer: copy of the term}}``: each (learner, source) pair owns its copy and adapters."""
     sources = [peer for peer in peers if peer != learner]
     return nn.ModuleDict({term.name: _copies([term] * len(sources), keys=sources) for term in terms})
+
+
+def _terms_in(module: nn.Module) -> list[DistillTerm]:
+    """Every DistillTerm held (at any depth) by ``module``."""
+    return [sub for sub in module.modules() if isinstance(sub, DistillTerm)]
 
 
 def _unique_log_keys(keys: list[str]) -> None:
@@ -181,6 +187,12 @@ class OnlineDistillation(DistillationModule):
         self.val_peer_acc = accuracy_metrics(self.peer_names, num_classes)
         self.test_peer_acc = accuracy_metrics(self.peer_names, num_classes)
         _unique_log_keys(self.loss_names())
+        weights = [
+            term.weight
+            for module in (*self.links.values(), *self.ensemble_links.values())
+            for term in _terms_in(module)
+        ]
+        check_something_to_learn(ce_weight, weights, "OnlineDistillation")
         self.save_init_arguments()
 
     # ----------------------------------------------------------------- the cohort
