@@ -62,3 +62,15 @@ SAME_MEANING = [
 @pytest.mark.parametrize(("saved", "given"), SAME_MEANING)
 def test_configs_compare_by_meaning_not_spelling(saved, given):
     assert normalise(saved) == normalise(given)
+
+
+def test_predict_returns_the_students_logits_for_the_test_split(in_project_copy):
+    main(["fit", "--config", str(RUN), *BUDGET, "--trainer.max_epochs=1"])
+    main(["predict", "--config", str(RUN), "--ckpt_path=last", "--trainer.enable_progress_bar=false"])
+    from kd_lightning.cli import build_cli
+
+    cli = build_cli(["--config", str(RUN), "--trainer.enable_progress_bar=false"], run=False)
+    batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(find_last(cli.config.trainer)))
+    logits = torch.cat(batches)
+    cli.datamodule.setup("predict")
+    assert logits.shape == (len(cli.datamodule.splits["test"]), 10) and torch.isfinite(logits).all()

@@ -7,15 +7,15 @@ order and with the same shifts, as the run that was interrupted.
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from kd_lightning.data.resumable import ResumableDataLoader, derive_seed, run_seed
+from kd_lightning.data.base import SplitDataModule
+from kd_lightning.data.resumable import derive_seed
 
 
 def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -78,7 +78,7 @@ class DigitsDataset(Dataset):
         return self.sample(index, self.epoch)
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Seeded, stratified train/val/test split of ``sklearn.datasets.load_digits``.
 
     Pixels (0-16) are standardised with the training split's mean and standard deviation. The training loader is a
@@ -123,7 +123,6 @@ class DigitsDataModule(L.LightningDataModule):
         if not 0 < train_fraction <= 1:
             raise ValueError(f"expected 0 < train_fraction <= 1 but got train_fraction={train_fraction}.")
         self.save_hyperparameters()
-        self.splits: dict[str, DigitsDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -148,24 +147,3 @@ class DigitsDataModule(L.LightningDataModule):
             self.splits[name] = DigitsDataset(
                 tensors[0][split], tensors[1][split], max_shift=shift, return_index=hp.return_index
             )
-
-    def _loader(self, split: str) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.splits[split], batch_size=self.hparams.batch_size, num_workers=workers, persistent_workers=workers > 0
-        )
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled batches in a seeded order; workers are re-created every epoch (they must see the new epoch)."""
-        seed = run_seed() if self.hparams.shuffle_seed is None else self.hparams.shuffle_seed
-        train = self.splits["train"]
-        train.seed = seed
-        return ResumableDataLoader(
-            train, batch_size=self.hparams.batch_size, shuffle=True, seed=seed, num_workers=self.hparams.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

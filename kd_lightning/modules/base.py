@@ -211,6 +211,10 @@ class DistillationModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
 
+    def predict_step(self, batch: Batch | Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The deployable student's logits ``[B, num_classes]`` for a batch ``(x, ...)`` or a bare input tensor."""
+        return self(batch if isinstance(batch, Tensor) else batch[0])
+
     def _evaluate(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
         target = batch[1]
         logits, teacher_logits = self.evaluation_logits(batch, stage)
