@@ -52,27 +52,44 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], model_keys: set[str]) -> di
     return max(candidates, key=lambda candidate: (len(model_keys & candidate.keys()), -len(candidate)))
 
 
-def _describe(keys: list[str], limit: int = 8) -> str:
+def describe_keys(keys: list[str], limit: int = 8) -> str:
+    """The first ``limit`` names, then how many there are in all."""
     shown = ", ".join(keys[:limit])
     return f"{shown}{f' ... ({len(keys)} in all)' if len(keys) > limit else ''}"
+
+
+def key_mismatches(
+    model_state: Mapping[str, Any], state_dict: Mapping[str, Any], skip: tuple[str, ...] = ()
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``model_state`` missing from ``state_dict``, keys it does not have, and tensors of other shapes.
+
+    Keys starting with a prefix in ``skip`` are not compared; entries that are not tensors (extra state) have no shape.
+    """
+
+    def compared(keys: Any) -> list[str]:
+        return sorted(key for key in keys if not key.startswith(skip))
+
+    mis_shaped = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(model_state[key].shape)}"
+        for key in compared(model_state.keys() & state_dict.keys())
+        if isinstance(state_dict[key], Tensor)
+        and isinstance(model_state[key], Tensor)
+        and state_dict[key].shape != model_state[key].shape
+    ]
+    missing, unexpected = model_state.keys() - state_dict.keys(), state_dict.keys() - model_state.keys()
+    return compared(missing), compared(unexpected), mis_shaped
 
 
 def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> nn.Module:
     """Load ``path`` into ``model`` strictly, with an error that names every key that does not fit."""
     model_state = model.state_dict()
     state_dict = strip_prefixes(read_state_dict(path, what=f"{role} weights"), set(model_state))
-    missing = sorted(set(model_state) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(model_state))
-    mis_shaped = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(model_state[key].shape)}"
-        for key in sorted(set(state_dict) & set(model_state))
-        if state_dict[key].shape != model_state[key].shape
-    ]
+    missing, unexpected, mis_shaped = key_mismatches(model_state, state_dict)
     if missing or unexpected or mis_shaped:
         problems = [
-            f"missing keys: {_describe(missing)}" if missing else "",
-            f"unexpected keys: {_describe(unexpected)}" if unexpected else "",
-            f"shape mismatches: {_describe(mis_shaped, 4)}" if mis_shaped else "",
+            f"missing keys: {describe_keys(missing)}" if missing else "",
+            f"unexpected keys: {describe_keys(unexpected)}" if unexpected else "",
+            f"shape mismatches: {describe_keys(mis_shaped, 4)}" if mis_shaped else "",
         ]
         raise ValueError(
             f"{role} checkpoint {str(path)!r} does not fit {type(model).__name__}: "

@@ -2,7 +2,6 @@
 with no network: W&B offline, TensorBoard event files, the rich progress bar beside the recipe's callbacks."""
 
 import pytest
-import torch
 from helpers import CONFIGS
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -21,12 +20,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

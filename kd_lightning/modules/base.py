@@ -33,6 +33,7 @@ from kd_lightning.files import AtomicCheckpointIO, read_checkpoint
 from kd_lightning.modules import checks, restore
 from kd_lightning.modules.restore import CHECKPOINT_KEY
 from kd_lightning.objective import DistillTerm, Objective, total_loss
+from kd_lightning.teacher import describe_keys
 
 Batch = Sequence[Tensor]
 DRY_RUN_SAMPLES = 8
@@ -48,10 +49,6 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
     return False
-
-
-def _first_names(names: list[str], limit: int = 4) -> str:
-    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
@@ -312,8 +309,8 @@ class DistillationModule(L.LightningModule):
             when = "during the first training step" if expected is not None else "after the optimizer was built"
             raise RuntimeError(
                 f"{len(left_out)} trainable parameter(s) are in no optimizer and would never be trained: "
-                f"{_first_names(left_out)} (created {when}). Build every loss module in compute_losses, which the dry "
-                f"run in setup() calls before the optimizer exists, or freeze them with requires_grad_(False)."
+                f"{describe_keys(left_out, 4)} (created {when}). Build every loss module in compute_losses, which the "
+                f"dry run in setup() calls before the optimizer exists, or freeze them with requires_grad_(False)."
             )
         return optimized
 

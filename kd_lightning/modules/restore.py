@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kd_lightning.teacher import describe_keys, key_mismatches
+
 CHECKPOINT_KEY = "kd_lightning"
 """Checkpoint entry of the library's own state: the module class, run state for exact resume, fingerprints."""
 
@@ -58,24 +60,13 @@ def check_architecture(module: nn.Module, state_dict: Mapping[str, Tensor], sour
     ``lazy`` holds prefixes of adapters that are not built yet (they are built from the checkpoint's shapes), whose
     keys are not compared.
     """
-    own = module.state_dict()
-    skipped = tuple(lazy)
-    missing = sorted(key for key in own.keys() - state_dict.keys() if not key.startswith(skipped))
-    unexpected = sorted(key for key in state_dict.keys() - own.keys() if not key.startswith(skipped))
-    mis_shaped = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)}"
-        for key in sorted(own.keys() & state_dict.keys())
-        if not key.startswith(skipped)
-        and isinstance(state_dict[key], Tensor)
-        and isinstance(own[key], Tensor)
-        and state_dict[key].shape != own[key].shape
-    ]
+    missing, unexpected, mis_shaped = key_mismatches(module.state_dict(), state_dict, skip=tuple(lazy))
     if not (missing or unexpected or mis_shaped):
         return
     parts = [
-        f"missing from the checkpoint: {_first(missing)}" if missing else "",
-        f"not in the model: {_first(unexpected)}" if unexpected else "",
-        f"different shapes: {_first(mis_shaped, 3)}" if mis_shaped else "",
+        f"missing from the checkpoint: {describe_keys(missing, 5)}" if missing else "",
+        f"not in the model: {describe_keys(unexpected, 5)}" if unexpected else "",
+        f"different shapes: {describe_keys(mis_shaped, 3)}" if mis_shaped else "",
     ]
     networks = sorted({key.split(".", 1)[0] for key in [*missing, *unexpected, *(m.split(":")[0] for m in mis_shaped)]})
     raise ValueError(
@@ -84,10 +75,6 @@ def check_architecture(module: nn.Module, state_dict: Mapping[str, Tensor], sour
         f"architectures than the config gives: use the config the run was started with (its saved config.yaml), "
         f"or start a new run without --ckpt_path."
     )
-
-
-def _first(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def unbuilt_adapters(module: nn.Module) -> set[str]:
