@@ -1,5 +1,6 @@
 """kd_lightning: knowledge distillation as PyTorch Lightning modules."""
 
+from kd_lightning.cache import TeacherCache, TeacherCacheError
 from kd_lightning.callbacks import DistillationReport, ExportWeights
 from kd_lightning.data import (
     CIFAR10DataModule,
@@ -61,6 +62,8 @@ __all__ = [
     "SelfDistillation",
     "SnapshotTeacher",
     "SyntheticImageDataModule",
+    "TeacherCache",
+    "TeacherCacheError",
     "TinyCNN",
     "freeze",
     "load_weights",

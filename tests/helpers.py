@@ -11,8 +11,8 @@ CONFIGS = ROOT / "configs"
 TEACHER_WEIGHTS = ROOT / "checkpoints" / "digits_teacher.safetensors"
 
 
-def fast_trainer(tmp_path: Path, **overrides) -> L.Trainer:
-    """A CPU Trainer with tiny budgets, no logger and no progress bar."""
+def fast_trainer_kwargs(tmp_path: Path, **overrides) -> dict:
+    """The arguments of :func:`fast_trainer`: CPU, tiny budgets, no logger, progress bar or checkpoints."""
     kwargs = dict(
         accelerator="cpu",
         devices=1,
@@ -27,4 +27,9 @@ def fast_trainer(tmp_path: Path, **overrides) -> L.Trainer:
         default_root_dir=tmp_path,
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    return kwargs
+
+
+def fast_trainer(tmp_path: Path, **overrides) -> L.Trainer:
+    """A CPU Trainer with tiny budgets, no logger and no progress bar."""
+    return L.Trainer(**fast_trainer_kwargs(tmp_path, **overrides))

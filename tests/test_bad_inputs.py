@@ -329,6 +329,39 @@ CLI_MISTAKES = [
         ("resnet32x4.safetensors", "not found", "configs/cifar100/teacher_resnet32x4.yaml", "cp runs/cifar100/"),
     ),
     CliMistake("ImageFolder without val/", image_folder_without_val, ("val", "expected layout", "train/<class>")),
+    # teacher-output cache and speed options
+    CliMistake(
+        "cache folder under a file",
+        plain(
+            "--model.init_args.teacher_cache.init_args.directory=checkpoints/digits_teacher.safetensors/cache",
+            config="offline_kd_cached.yaml",
+        ),
+        ("not writable", "teacher_cache.init_args.directory", "writable folder"),
+    ),
+    CliMistake(
+        "cache with no views",
+        plain("--model.init_args.teacher_cache.init_args.views=0", config="offline_kd_cached.yaml"),
+        ("views to be an integer >= 1", "teacher_cache.init_args.views"),
+    ),
+    CliMistake(
+        "cache top-k of every class",
+        plain("--model.init_args.teacher_cache.init_args.top_k=10", config="offline_kd_cached.yaml"),
+        ("top_k=10 must be smaller than the teacher's 10 classes", "top_k: null"),
+    ),
+    CliMistake(
+        "cache without a feature a term reads",
+        edited(
+            "at.yaml",
+            "    optimizer:",
+            "    teacher_cache:\n      class_path: kd_lightning.TeacherCache\n"
+            "      init_args: {directory: cache/at, layers: [layer1]}\n    optimizer:",
+        ),
+        ("does not store", "teacher_cache.init_args.layers"),
+    ),
+    CliMistake("unknown teacher dtype", plain("--model.init_args.teacher_dtype=int8"), ("bfloat16", "teacher_dtype")),
+    CliMistake(
+        "compile of a network that is not there", plain("--model.init_args.compile=[studnet]"), ("studnet", "compile")
+    ),
     # data
     CliMistake("NaN pixel in the data", with_data("nan_pixel"), ("NaN/inf", "first training batch", "fix the dataset")),
     CliMistake("label outside the classes", with_data("label_12"), ("12", "labels in [0, 10)", "num_classes")),

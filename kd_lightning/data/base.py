@@ -53,6 +53,10 @@ class ReplayableDataset(Dataset):
     Subclasses implement :meth:`view`. The training loader (:class:`ResumableDataLoader`) calls :meth:`set_epoch`
     before every epoch, and sets :attr:`seed` to the run's data seed.
 
+    A teacher-output cache with ``K`` stored views sets :attr:`views` to ``K``: epoch ``e`` then yields the views of
+    epoch ``e mod K`` (:meth:`replayed_epoch`), the ones the cache holds teacher outputs for; the order of the samples
+    still changes every epoch (it is the loader's).
+
     Args:
         augment: apply the random training augmentation (``False``: every epoch gives the same, plain view).
         return_index: items carry the sample's index (its position in the split) as a third element.
@@ -62,6 +66,7 @@ class ReplayableDataset(Dataset):
     def __init__(self, augment: bool = False, return_index: bool = False, seed: int = 0) -> None:
         self.augment, self.return_index = augment, return_index
         self.seed, self.epoch = seed, 0
+        self.views: int | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -74,14 +79,18 @@ class ReplayableDataset(Dataset):
         """The epoch whose augmentation ``__getitem__`` returns (called by the training loader before each epoch)."""
         self.epoch = int(epoch)
 
+    def replayed_epoch(self, epoch: int) -> int:
+        """The epoch whose views epoch ``epoch`` yields: itself, or ``epoch mod views`` under a K-view cache."""
+        return epoch if self.views is None else epoch % self.views
+
     def sample(self, index: int, epoch: int) -> tuple[Tensor, ...]:
-        """Item ``index`` as the loader yields it in ``epoch``: the same augmented view every time."""
+        """Item ``index`` with the view of ``epoch`` (no :meth:`replayed_epoch` mapping): the same every time."""
         image, label = self.view(index, epoch)
-        label = torch.tensor(label, dtype=torch.int64)
+        label = torch.as_tensor(label, dtype=torch.int64)
         return (image, label, torch.tensor(index)) if self.return_index else (image, label)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        return self.sample(index, self.epoch)
+        return self.sample(index, self.replayed_epoch(self.epoch))
 
 
 def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -12,9 +12,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from kd_lightning.data.base import SplitDataModule
+from kd_lightning.data.base import ReplayableDataset, SplitDataModule
 from kd_lightning.data.resumable import derive_seed
 
 
@@ -35,7 +34,7 @@ def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator |
     return padded[..., top : top + height, left : left + width]
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(ReplayableDataset):
     """Images ``[N, 1, 8, 8]`` (standardised) and labels ``[N]``; items are ``(x, y)`` or ``(x, y, index)``.
 
     With ``max_shift > 0`` every item is randomly shifted; the shift of sample ``index`` in epoch ``epoch`` is drawn
@@ -53,29 +52,19 @@ class DigitsDataset(Dataset):
     def __init__(
         self, images: Tensor, labels: Tensor, max_shift: int = 0, return_index: bool = False, seed: int = 0
     ) -> None:
-        self.images, self.labels = images, labels
-        self.max_shift, self.return_index = max_shift, return_index
-        self.seed, self.epoch = seed, 0
+        super().__init__(augment=max_shift > 0, return_index=return_index, seed=seed)
+        self.images, self.labels, self.max_shift = images, labels, max_shift
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch whose augmentation ``__getitem__`` returns (called by the training loader before each epoch)."""
-        self.epoch = int(epoch)
-
-    def sample(self, index: int, epoch: int) -> tuple[Tensor, ...]:
-        """Item ``index`` as the loader yields it in ``epoch``: the same augmented view every time."""
+    def view(self, index: int, epoch: int) -> tuple[Tensor, Tensor]:
+        """Image ``index`` ``[1, 8, 8]``, shifted as in ``epoch``, and its label."""
         image = self.images[index]
         if self.max_shift > 0:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
             image = random_shift(image, self.max_shift, generator=generator)
-        if self.return_index:
-            return image, self.labels[index], torch.tensor(index)
         return image, self.labels[index]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        return self.sample(index, self.epoch)
 
 
 class DigitsDataModule(SplitDataModule):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -20,6 +22,8 @@ class Classifier(DistillationModule):
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
         on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
+        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or names (``student``).
+        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
 
     Example:
         >>> from kd_lightning.models import DigitsMLP
@@ -36,6 +40,8 @@ class Classifier(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "stop",
+        compile: bool | Sequence[str] = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             student=check_network(network, "network"),
@@ -46,5 +52,7 @@ class Classifier(DistillationModule):
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
             on_nonfinite=on_nonfinite,
+            compile=compile,
+            channels_last=channels_last,
         )
         self.save_init_arguments()

@@ -11,8 +11,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kd_lightning.cache import TeacherCache
 from kd_lightning.features import FeatureTap
 from kd_lightning.losses import KDLoss
+from kd_lightning.modules import performance
 from kd_lightning.modules.base import Batch, DistillationModule
 from kd_lightning.modules.checks import check_network, check_something_to_learn
 from kd_lightning.modules.restore import CHECKPOINT_KEY, fingerprint
@@ -48,6 +50,9 @@ class OfflineDistillation(DistillationModule):
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
         on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
+        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or a list of
+            ``student``, ``teacher``.
+        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
         teacher_normalization: ``{mean: [...], std: [...]}`` the teacher's inputs were standardised with in its
             training, when they differ from the student's (a timm ImageNet teacher beside a CIFAR student: ``{mean:
             [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}``, its ``pretrained_cfg``). Every batch, standardised
@@ -55,6 +60,12 @@ class OfflineDistillation(DistillationModule):
             :meth:`teacher_outputs` (training and evaluation). ``None``: the teacher sees the student's inputs.
         student_normalization: ``{mean, std}`` the batches are standardised with; ``None`` reads the datamodule's
             ``mean`` and ``std`` attributes when the fit starts (an error before the first step if it has none).
+        teacher_dtype: ``"bfloat16"`` or ``"float16"`` holds the frozen teacher in that dtype (half its weight memory);
+            its inputs are cast for it, it runs outside autocast, and its logits and features are returned in float32.
+            ``None`` (default): the teacher's own dtype. Measured on digits: see the tests (``test_teacher_dtype``).
+        teacher_cache: a :class:`~kd_lightning.cache.TeacherCache`: the teacher's outputs over the training set are
+            stored once (K replayable views per sample) when the fit starts, and training reads them instead of
+            running the teacher; validation and test still run it. ``None``: the teacher runs every step.
     """
 
     def __init__(
@@ -69,10 +80,16 @@ class OfflineDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "stop",
+        compile: bool | Sequence[str] = False,
+        channels_last: bool = False,
         teacher_normalization: dict[str, Sequence[float]] | None = None,
         student_normalization: dict[str, Sequence[float]] | None = None,
+        teacher_dtype: str | None = None,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         check_network(teacher, "teacher")
+        performance.check_not_wrapped(teacher, "teacher")
+        self_teacher_dtype = performance.teacher_dtype(teacher_dtype)
         if terms is None:
             terms = [DistillTerm(KDLoss(temperature=4.0), weight=0.9)]
             ce_weight = 0.1 if ce_weight is None else ce_weight
@@ -85,6 +102,8 @@ class OfflineDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
             on_nonfinite=on_nonfinite,
+            compile=compile,
+            channels_last=channels_last,
         )
         if teacher_weights is not None:
             teacher_weights = str(teacher_weights)
@@ -92,7 +111,14 @@ class OfflineDistillation(DistillationModule):
         check_something_to_learn(
             self.objective.ce_weight, [t.weight for t in self.objective.terms], "OfflineDistillation"
         )
-        self.teacher = freeze(teacher)
+        self.teacher = freeze(teacher if self_teacher_dtype is None else teacher.to(self_teacher_dtype))
+        self.teacher_dtype = self_teacher_dtype
+        if teacher_cache is not None and not isinstance(teacher_cache, TeacherCache):
+            raise TypeError(
+                f"expected teacher_cache to be a kd_lightning.TeacherCache but got {type(teacher_cache).__name__}; in "
+                f"YAML: teacher_cache: {{class_path: kd_lightning.TeacherCache, init_args: {{directory: cache}}}}."
+            )
+        self.teacher_cache = teacher_cache
         self.teacher_tap = FeatureTap(teacher, self.objective.teacher_layers, role="teacher")
         self.teacher_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self.teacher_input: Renormalize | None = None
@@ -119,10 +145,58 @@ class OfflineDistillation(DistillationModule):
                 source = "no datamodule" if datamodule is None else f"{type(datamodule).__name__} without mean/std"
                 raise ValueError(f"{NO_STUDENT_STATS} but got {source}: {SET_STUDENT_STATS}")
             self.set_student_normalization(normalization_stats(datamodule, f"{type(datamodule).__name__}'s"))
+        if stage == "fit" and self.teacher_cache is not None:
+            self.teacher_cache.prepare_dataset(self.training_dataset())  # before any training loader iterates
         super().setup(stage)
 
+    def training_dataset(self) -> Any:
+        """The dataset of the fit's training loader (the datamodule's, or the loader passed to ``fit``)."""
+        trainer = self.trainer
+        loader = (
+            trainer.datamodule.train_dataloader()
+            if trainer.datamodule is not None
+            else trainer.fit_loop._data_source.dataloader()
+        )
+        return loader.dataset
+
+    def on_fit_start(self) -> None:
+        """With a teacher cache: open it, or build it (the networks are on their device by now)."""
+        super().on_fit_start()
+        if self.teacher_cache is not None:
+            self.teacher_cache.open(
+                self._cache_teacher_outputs,
+                self.training_dataset(),
+                self.teacher_identity(),
+                self.objective.teacher_layers,
+                self.trainer,
+            )
+
+    def teacher_identity(self) -> dict[str, Any]:
+        """What the teacher's outputs depend on (the cache's key): weights, class, dtype, input re-normalisation."""
+        renormalize = self.teacher_input and [t.flatten().tolist() for t in self.teacher_input.buffers()]
+        return {
+            "weights": self.teacher_fingerprint(),
+            "class": f"{type(self.teacher).__module__}.{type(self.teacher).__qualname__}",
+            "dtype": str(self.teacher_dtype),
+            "renormalize": renormalize,
+            "precision": str(self.trainer.precision),
+        }
+
+    def _cache_teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        """The live teacher on a build batch, on the module's device, under the fit's precision (as in training)."""
+        plugin = self.trainer.precision_plugin
+        batch = self.format_batch(plugin.convert_input([item.to(self.device) for item in batch]))
+        with plugin.forward_context():
+            return self.live_teacher_outputs(batch)
+
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
-        """Teacher logits and features, on the batch re-standardised for the teacher when ``teacher_normalization``."""
+        """Teacher logits and features: from the teacher cache in training when there is one, else the live teacher."""
+        if self.teacher_cache is not None and self.training and self.teacher_cache.is_open:
+            return self.teacher_cache.outputs(batch, self.current_epoch)
+        return self.live_teacher_outputs(batch)
+
+    def live_teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        """The teacher run on the batch (re-standardised for it with ``teacher_normalization``), under no_grad."""
         if self.teacher_stats is not None and self.teacher_input is None:
             raise RuntimeError(
                 f"{NO_STUDENT_STATS}, which a fit reads from the datamodule's mean/std: outside a Trainer, call "
@@ -130,7 +204,17 @@ class OfflineDistillation(DistillationModule):
             )
         with torch.no_grad():
             x = batch[0] if self.teacher_input is None else self.teacher_input(batch[0])
-            return self.teacher_tap(x)
+            if self.teacher_dtype is None:
+                return self.teacher_tap(x)
+            with torch.autocast(x.device.type, enabled=False):
+                return performance.outputs_in_float32(self.teacher_tap(performance.cast_input(x, self.teacher_dtype)))
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The student and the frozen teacher (what ``compile`` can name)."""
+        return {"student": self.student, "teacher": self.teacher}
+
+    def tapped_networks(self) -> list[tuple[str, nn.Module, FeatureTap]]:
+        return [*super().tapped_networks(), ("teacher", self.teacher, self.teacher_tap)]
 
     def train(self, mode: bool = True) -> OfflineDistillation:
         """Switch the student (and adapters) to ``mode``; the teacher always stays in eval mode."""

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kd_lightning.features import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
+from kd_lightning.modules import performance
 from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
 from kd_lightning.modules.checks import check_something_to_learn
 from kd_lightning.objective import DistillTerm, Objective
@@ -32,6 +33,7 @@ def _named_peers(peers: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[s
     for name, net in named.items():
         if not isinstance(net, nn.Module):
             raise TypeError(f"expected every peer to be an nn.Module but peer {name!r} is {type(net).__name__}.")
+        performance.check_not_wrapped(net, f"peers.{name}")
         if not isinstance(name, str) or not PEER_NAME.fullmatch(name):
             raise ValueError(f"expected peer names that are Python identifiers (used in log keys) but got {name!r}.")
     if len(named) < 2:
@@ -136,6 +138,8 @@ class OnlineDistillation(DistillationModule):
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
         on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
+        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or names (the peers').
+        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
 
     Example:
         >>> from kd_lightning.models import DigitsCNN, DigitsMLP
@@ -158,6 +162,8 @@ class OnlineDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "stop",
+        compile: bool | Sequence[str] = False,
+        channels_last: bool = False,
     ) -> None:
         cohort = _named_peers(peers)
         if student not in cohort:
@@ -171,6 +177,8 @@ class OnlineDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
             on_nonfinite=on_nonfinite,
+            compile=compile,
+            channels_last=channels_last,
         )
         self.student_name, self.peer_names, self.mutual = student, list(cohort), mutual
         self.peers = nn.ModuleDict({name: net for name, net in cohort.items() if name != student})
@@ -200,6 +208,16 @@ class OnlineDistillation(DistillationModule):
     def cohort(self) -> dict[str, nn.Module]:
         """Every peer by name, in the given order, the student included."""
         return {name: self.student if name == self.student_name else self.peers[name] for name in self.peer_names}
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every peer by name (what ``compile`` can name)."""
+        return self.cohort
+
+    def tapped_networks(self) -> list[tuple[str, nn.Module, FeatureTap]]:
+        return [
+            ("student" if name == self.student_name else f"peers.{name}", network, self.taps[name])
+            for name, network in self.cohort.items()
+        ]
 
     @property
     def teacher(self) -> nn.Module | None:

@@ -88,6 +88,8 @@ def fingerprint(network: nn.Module) -> str:
     """SHA-256 of a network's state dict (names, dtypes, shapes and values), to tell whether a teacher changed."""
     digest = hashlib.sha256()
     for key, value in sorted(network.state_dict().items()):
+        if hasattr(value, "full_tensor"):  # a DTensor (an FSDP2-sharded teacher): gathered, by every process
+            value = value.full_tensor()
         tensor = value.detach().cpu().contiguous()
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")

@@ -45,6 +45,9 @@ class SelfDistillation(DistillationModule):
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropies.
         on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
+        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or a list of
+            ``student``, ``teacher``.
+        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
 
     Example:
         >>> from kd_lightning.models import DigitsCNN
@@ -72,6 +75,8 @@ class SelfDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "stop",
+        compile: bool | Sequence[str] = False,
+        channels_last: bool = False,
     ) -> None:
         check_network(student, "student")
         if (exits is None) == (teacher is None):
@@ -100,6 +105,8 @@ class SelfDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             label_smoothing=label_smoothing,
             on_nonfinite=on_nonfinite,
+            compile=compile,
+            channels_last=channels_last,
         )
         self.exits, self.teacher = exits, teacher
         self.hard_labels = Objective([], ce_weight=1.0, label_smoothing=label_smoothing)
@@ -118,6 +125,11 @@ class SelfDistillation(DistillationModule):
         self._pending_predictions: tuple[Tensor, Tensor] | None = None
         self._epoch_predictions: list[tuple[Tensor, Tensor]] = []
         self.save_init_arguments()
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The student, and the temporal teacher's copy of it when there is one (what ``compile`` can name)."""
+        copy = getattr(self.teacher, "network", None)
+        return {"student": self.student, **({"teacher": copy} if isinstance(copy, nn.Module) else {})}
 
     # ----------------------------------------------------------------- the objective
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:

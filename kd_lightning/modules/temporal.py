@@ -149,11 +149,12 @@ class EMATeacher(_FrozenStudentCopy):
 
     @torch.no_grad()
     def after_optimizer_step(self, student: nn.Module) -> None:
-        average, live = self.network.state_dict(), student.state_dict()
-        floating = [key for key, value in average.items() if value.is_floating_point()]
-        torch._foreach_lerp_([average[k] for k in floating], [live[k] for k in floating], 1.0 - self.decay)
-        for key in average.keys() - set(floating):
-            average[key].copy_(live[key])
+        average = [*self.network.parameters(), *self.network.buffers()]  # the copy's order is the student's
+        live = [*student.parameters(), *student.buffers()]
+        floating = [index for index, tensor in enumerate(average) if tensor.is_floating_point()]
+        torch._foreach_lerp_([average[i] for i in floating], [live[i] for i in floating], 1.0 - self.decay)
+        for index in set(range(len(average))) - set(floating):
+            average[index].copy_(live[index])
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}"

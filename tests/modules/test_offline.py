@@ -94,8 +94,12 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
         "lr_scheduler": None,
         "label_smoothing": 0.0,
         "on_nonfinite": "stop",
+        "compile": False,
+        "channels_last": False,
         "teacher_normalization": None,
         "student_normalization": None,
+        "teacher_dtype": None,
+        "teacher_cache": None,
     }
 
     restored = OfflineDistillation.load_from_checkpoint(

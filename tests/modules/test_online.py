@@ -229,6 +229,8 @@ def test_checkpoint_round_trip_restores_every_peer_and_adapter(tmp_path):
         "lr_scheduler": None,
         "label_smoothing": 0.0,
         "on_nonfinite": "stop",
+        "compile": False,
+        "channels_last": False,
     }
 
     restored = OnlineDistillation.load_from_checkpoint(
