@@ -129,6 +129,7 @@ class TeacherCache:
         self._projection: dict[torch.device, Tensor] = {}
         self._num_classes = 0
         self._features: list[str] = []
+        self._released: tuple[Any, int | None, bool] | None = None
 
     # ----------------------------------------------------------------- dataset
     def prepare_dataset(self, dataset: Dataset) -> None:
@@ -142,6 +143,7 @@ class TeacherCache:
                 f"with a deterministic transform."
             )
         if replayable:
+            self._released = (dataset, dataset.views, dataset.return_index)
             dataset.views = self.views
             dataset.return_index = True
             if getattr(dataset, "augment", False) and self.views == 1:
@@ -151,6 +153,13 @@ class TeacherCache:
                     "epoch.",
                     stacklevel=2,
                 )
+
+    def release_dataset(self) -> None:
+        """Give the dataset back its own ``views`` and ``return_index`` (after the fit: a later fit without the cache
+        gets a new view every epoch again)."""
+        released, self._released = self._released, None
+        if released is not None:
+            dataset, dataset.views, dataset.return_index = released[0], released[1], released[2]
 
     def _view(self, dataset: Dataset, index: int, view: int) -> tuple[Tensor, ...]:
         if callable(getattr(dataset, "sample", None)):

@@ -106,6 +106,7 @@ def test_with_augmentation_every_step_trains_on_the_view_the_teacher_saw(tmp_pat
     assert not torch.equal(*views)  # the two stored views differ: augmentation is kept, not frozen to one view
     orders = {epoch: torch.cat([index for _, index, e in run.batches if e == epoch]) for epoch in (0, 2)}
     assert not torch.equal(orders[0], orders[2])  # epoch 2 replays view 0 in a new order
+    assert dataset.views is None and not dataset.return_index  # after the fit the dataset is its own again
 
 
 @pytest.mark.parametrize(

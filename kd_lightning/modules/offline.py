@@ -171,6 +171,12 @@ class OfflineDistillation(DistillationModule):
                 self.trainer,
             )
 
+    def teardown(self, stage: str) -> None:
+        """After a fit with a teacher cache, the training dataset yields its own views again."""
+        if self.teacher_cache is not None and stage == "fit":
+            self.teacher_cache.release_dataset()
+        super().teardown(stage)
+
     def teacher_identity(self) -> dict[str, Any]:
         """What the teacher's outputs depend on (the cache's key): weights, class, dtype, input re-normalisation."""
         renormalize = self.teacher_input and [t.flatten().tolist() for t in self.teacher_input.buffers()]
