@@ -206,7 +206,9 @@ class DistillationModule(L.LightningModule):
         ``train/loss`` is logged every step while a progress bar shows it, and so is any key a callback monitors
         (``ModelCheckpoint(monitor=...)``, ``EarlyStopping``).
         """
-        every_step = self.keys_logged_every_step()
+        every_step = getattr(self, "_every_step_keys", None)
+        if every_step is None:  # outside a fit's training loop (or fast_dev_run: everything, every step)
+            every_step = self.keys_logged_every_step()
         all_keys = every_step is None or self.is_logged_step(batch_idx)
         values = {"train/loss": loss, **{f"train/{name}": value for name, value in losses.items()}}
         shown = every_step is None or "train/loss" in every_step
@@ -355,6 +357,10 @@ class DistillationModule(L.LightningModule):
         if state:
             run_state.restore(self.trainer, state)
         self._optimized = self.check_optimized()
+        self._every_step_keys = self.keys_logged_every_step()  # once per fit: the callbacks do not change during it
+
+    def on_train_end(self) -> None:
+        self._every_step_keys = None
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         """After the first step of the fit, make sure no parameter appeared that the optimizer does not hold."""

@@ -146,7 +146,8 @@ class OfflineDistillation(DistillationModule):
                 raise ValueError(f"{NO_STUDENT_STATS} but got {source}: {SET_STUDENT_STATS}")
             self.set_student_normalization(normalization_stats(datamodule, f"{type(datamodule).__name__}'s"))
         if stage == "fit" and self.teacher_cache is not None:
-            self.teacher_cache.prepare_dataset(self.training_dataset())  # before any training loader iterates
+            self._cache_dataset = self.training_dataset()
+            self.teacher_cache.prepare_dataset(self._cache_dataset)  # before any training loader iterates
         super().setup(stage)
 
     def training_dataset(self) -> Any:
@@ -165,7 +166,7 @@ class OfflineDistillation(DistillationModule):
         if self.teacher_cache is not None:
             self.teacher_cache.open(
                 self._cache_teacher_outputs,
-                self.training_dataset(),
+                self._cache_dataset,
                 self.teacher_identity(),
                 self.objective.teacher_layers,
                 self.trainer,
