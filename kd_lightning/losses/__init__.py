@@ -1,4 +1,5 @@
-"""Distillation losses: pure tensor maths, no Lightning. Response-, feature- and relation-based.
+"""Distillation losses: pure tensor maths, no Lightning. Response-, feature- and relation-based, and for sequences:
+token-level logit losses (language models) and hidden-state losses between transformer layers.
 
 Each loss is a function holding the maths plus a :class:`DistillationLoss` module holding its hyperparameters (and
 adapters), with ``forward(student, teacher, target=None) -> scalar``. Scales follow the CRD-benchmark
@@ -6,8 +7,9 @@ implementations (RepDistiller, mdistiller), so the published default weights (AT
 """
 
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
-from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.base import ANY_LAYERS, DistillationLoss, TokenLoss
 from kd_lightning.losses.feature import ATLoss, FitNetsLoss, NSTLoss, VIDLoss, at_loss, fitnets_loss, nst_loss, vid_loss
+from kd_lightning.losses.hidden import HiddenCosineLoss, HiddenMSELoss, hidden_cosine_loss, hidden_mse_loss
 from kd_lightning.losses.relation import (
     CCLoss,
     FSPLoss,
@@ -21,8 +23,24 @@ from kd_lightning.losses.relation import (
     sp_loss,
 )
 from kd_lightning.losses.response import DISTLoss, DKDLoss, KDLoss, LSKDLoss, dist_loss, dkd_loss, kd_loss, ls_kd_loss
+from kd_lightning.losses.token import (
+    ForwardKLLoss,
+    GeneralizedJSDLoss,
+    ReverseKLLoss,
+    SkewKLLoss,
+    SkewReverseKLLoss,
+    TVDLoss,
+    forward_kl_loss,
+    generalized_jsd_loss,
+    reverse_kl_loss,
+    skew_kl_loss,
+    skew_reverse_kl_loss,
+    token_cross_entropy,
+    total_variation_loss,
+)
 
 __all__ = [
+    "ANY_LAYERS",
     "ATLoss",
     "CCLoss",
     "DISTLoss",
@@ -30,13 +48,22 @@ __all__ = [
     "DistillationLoss",
     "FSPLoss",
     "FitNetsLoss",
+    "ForwardKLLoss",
+    "GeneralizedJSDLoss",
+    "HiddenCosineLoss",
+    "HiddenMSELoss",
     "KDLoss",
     "LSKDLoss",
     "LazyAdapter",
     "NSTLoss",
     "PKTLoss",
     "RKDLoss",
+    "ReverseKLLoss",
     "SPLoss",
+    "SkewKLLoss",
+    "SkewReverseKLLoss",
+    "TVDLoss",
+    "TokenLoss",
     "VIDLoss",
     "at_loss",
     "cc_loss",
@@ -44,12 +71,21 @@ __all__ = [
     "dist_loss",
     "dkd_loss",
     "fitnets_loss",
+    "forward_kl_loss",
     "fsp_loss",
+    "generalized_jsd_loss",
+    "hidden_cosine_loss",
+    "hidden_mse_loss",
     "kd_loss",
     "ls_kd_loss",
     "nst_loss",
     "pkt_loss",
+    "reverse_kl_loss",
     "rkd_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
     "sp_loss",
+    "token_cross_entropy",
+    "total_variation_loss",
     "vid_loss",
 ]

@@ -1,4 +1,4 @@
-"""``DistillationLoss``: the contract every loss module of the library follows."""
+"""``DistillationLoss``: the contract of every loss module; ``TokenLoss``: its form for sequences."""
 
 from __future__ import annotations
 
@@ -24,3 +24,36 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor, target: Tensor | None = None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(student, teacher, target=None).")
+
+
+ANY_LAYERS = 0
+"""``layers_per_network`` of a loss that takes any number (at least one) of paired layers: a layer map."""
+
+
+class TokenLoss(DistillationLoss):
+    """Base of the per-token losses over sequences: ``forward(student, teacher, target=None, mask=None,
+    num_tokens=None) -> scalar float32 tensor``.
+
+    ``student`` and ``teacher`` are ``[B, L, V]`` logits (``token_kind = "logits"``) or ``[B, L, H]`` hidden states
+    (``token_kind = "hidden"``), aligned position by position; ``mask`` ``[B, L]`` (bool) selects the positions that
+    count. The loss is ``sum over selected positions of the per-token loss / num_tokens``; ``num_tokens`` defaults to
+    the number of selected positions. The Lightning modules choose ``mask`` from the batch by :attr:`positions` (see
+    :mod:`kd_lightning.tokens`: labelled tokens, real tokens, the causal shift) and pass as ``num_tokens`` the
+    effective batch's share of tokens, so the loss stays a mean per real token under padding, gradient accumulation
+    and DDP. The loss itself never shifts: for a causal LM the mask already excludes the last position.
+    """
+
+    token_kind: ClassVar[str] = "logits"
+    positions: str = "auto"
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement forward(student, teacher, target=None, mask=None, num_tokens=None)."
+        )

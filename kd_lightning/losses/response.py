@@ -40,12 +40,18 @@ def _check_target(target: Tensor | None, logits: Tensor, loss: str) -> Tensor:
     """Validate integer class labels ``[B]`` for the batch of ``logits``."""
     if target is None:
         raise ValueError(
-            f"{loss} needs the ground-truth labels but got target=None; call it as (student, teacher, target)."
+            f"{loss} needs the ground-truth labels but got target=None (a label-free batch); call it as (student, "
+            f"teacher, target), or use a loss that needs no labels (KDLoss, DISTLoss) on a label-free transfer set."
         )
     if target.shape != logits.shape[:1] or target.is_floating_point() or target.is_complex():
         raise ValueError(
             f"{loss} expected integer class labels of shape ({logits.shape[0]},) but got a {target.dtype} tensor of "
             f"shape {tuple(target.shape)}; pass class indices, not one-hot or soft labels."
+        )
+    if bool((target < 0).any()):
+        raise ValueError(
+            f"{loss} needs every sample's label but the batch has unlabelled samples (label -100); use a loss that "
+            f"needs no labels (KDLoss, DISTLoss) on a mixed transfer set."
         )
     return target.long()
 

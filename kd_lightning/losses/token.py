@@ -1,0 +1,750 @@
+"""Token-level logit losses for language-model distillation: the student matches the teacher token by token.
+
+Every function takes logits ``[B, L, V]`` of the two models at the same token positions, treats the teacher as a
+constant target (it is detached), and returns a float32 scalar: the sum of the per-token loss over the positions
+selected by ``mask`` ``[B, L]``, divided by ``num_tokens`` (by default the number of selected positions, at least 1, so
+an empty mask gives an exact 0 with a zero gradient). The Lightning modules pass as ``num_tokens`` the effective batch's
+share of real tokens (:mod:`kd_lightning.tokens`), so padding, gradient accumulation and DDP give the loss of one big
+batch. The losses never shift: for a causal LM the mask already leaves out the last position.
+
+The KL-family losses (forward, reverse, generalized JSD, skew, skew reverse) are multiplied by ``T**2``, as Hinton's
+KD and DistilBERT's ``loss_ce * T**2``, so their gradients keep their scale across temperatures (at ``T = 1``, the
+TRL and DistiLLM default, nothing changes); the total variation distance is not (it stays in ``[0, 1]``).
+
+Large vocabularies: unless ``chunk_size=None``, no float32 copy of the ``[B * L, V]`` logits is made. The selected
+rows are processed ``chunk_size`` at a time, each chunk gathered in the logits' own dtype (e.g. bf16) and upcast alone;
+when a gradient is needed and there is more than one chunk, each chunk runs under ``torch.utils.checkpoint``
+(non-reentrant), so autograd keeps no float32 tensor and recomputes one chunk's softmax at a time in the backward pass
+(torchtune's ``ForwardKLWithChunkedOutputLoss`` upcasts one chunk at a time in the same spirit). Chunked and unchunked
+results agree to float precision; ``benchmarks/token_loss_memory.py`` measures the memory saved.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from kd_lightning.losses._checks import check_positive
+from kd_lightning.losses.base import TokenLoss
+
+__all__ = [
+    "ForwardKLLoss",
+    "GeneralizedJSDLoss",
+    "ReverseKLLoss",
+    "SkewKLLoss",
+    "SkewReverseKLLoss",
+    "TVDLoss",
+    "forward_kl_loss",
+    "generalized_jsd_loss",
+    "reverse_kl_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
+    "token_cross_entropy",
+    "total_variation_loss",
+]
+
+IGNORE_INDEX = -100
+POSITIONS = ("auto", "labelled", "real")
+RowsLoss = Callable[[Tensor, Tensor], Tensor]
+"""``(student rows [n, V], second rows [n, ...]) -> sum over the rows of the per-token loss`` (float32 scalar)."""
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"expected chunk_size None or an integer >= 1 but got chunk_size={chunk_size!r}; pass the number of "
+            f"token positions to upcast at a time (e.g. 1024), or None for a single chunk."
+        )
+
+
+def _check_fraction(name: str, value: float, upper_closed: bool) -> None:
+    """Raise unless ``0 <= value <= 1`` (``< 1`` when not ``upper_closed``)."""
+    inside = 0 <= value <= 1 if upper_closed else 0 <= value < 1
+    if not inside:
+        interval = "[0, 1]" if upper_closed else "[0, 1)"
+        raise ValueError(f"expected {name} in {interval} but got {name}={value}; pass a {name} in {interval}.")
+
+
+def _check_logits(logits: Tensor, loss: str, role: str) -> None:
+    if logits.ndim != 3:
+        raise ValueError(
+            f"{loss} expected {role} logits of shape [B, L, V] (3-d) but got shape {tuple(logits.shape)}; for class "
+            f"logits [B, C] use kd_lightning.losses.KDLoss."
+        )
+
+
+def _check_pair(student: Tensor, teacher: Tensor, loss: str) -> None:
+    """Raise unless student and teacher are ``[B, L, V]`` logits over the same positions and vocabulary."""
+    _check_logits(student, loss, "student")
+    _check_logits(teacher, loss, "teacher")
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(
+            f"{loss} expected student and teacher logits at the same [B, L] token positions but got "
+            f"{tuple(student.shape[:2])} (student) and {tuple(teacher.shape[:2])} (teacher); feed both models the "
+            f"same input_ids."
+        )
+    v_s, v_t = student.shape[2], teacher.shape[2]
+    if v_s != v_t:
+        raise ValueError(
+            f"{loss} expected student and teacher logits over the same vocabulary but got {v_s} (student) and {v_t} "
+            f"(teacher); distil between models that share a tokenizer: build the student with "
+            f"kd_lightning.models.text.student_from_teacher or model_from_config(vocab_size={v_t})."
+        )
+
+
+def _rows(mask: Tensor | None, shape: torch.Size, device: torch.device, loss: str) -> Tensor:
+    """Indices ``[n]`` of the selected positions among the flattened ``[B * L]`` positions (all when no mask)."""
+    if mask is None:
+        return torch.arange(shape[0] * shape[1], device=device)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{loss} expected a mask of shape [B, L] = {tuple(shape)} but got {tuple(mask.shape)}; pass one boolean "
+            f"per token position of the logits (True = counted), or mask=None to count every position."
+        )
+    return mask.to(device=device, dtype=torch.bool).flatten().nonzero().squeeze(1)
+
+
+def _normaliser(num_tokens: Tensor | float | None, count: int, like: Tensor, loss: str) -> Tensor | float:
+    """``num_tokens`` as a float32 divisor; ``count`` (the selected positions) when ``None``; 0 becomes 1."""
+    if num_tokens is None:
+        return float(max(count, 1))
+    if isinstance(num_tokens, Tensor):
+        if num_tokens.numel() != 1:
+            raise ValueError(
+                f"{loss} expected num_tokens as a number or a 0-d tensor but got a tensor of shape "
+                f"{tuple(num_tokens.shape)}; pass the total number of tokens the loss is averaged over."
+            )
+        n = num_tokens.detach().to(device=like.device, dtype=torch.float32).reshape(())
+        return torch.where(n > 0, n, torch.ones_like(n))
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Real) or not num_tokens >= 0:
+        raise ValueError(
+            f"{loss} expected num_tokens >= 0 (a number or a 0-d tensor) but got num_tokens={num_tokens!r}; pass the "
+            f"total number of tokens the loss is averaged over, or None for the selected positions."
+        )
+    return float(num_tokens) if num_tokens > 0 else 1.0
+
+
+# ---------------------------------------------------------------- chunked sum over token positions
+
+
+def _chunk_loss(rows_loss: RowsLoss, first: Tensor, second: Tensor, index: Tensor) -> Tensor:
+    """Gather one chunk of rows (in the inputs' dtype) and return the sum of its per-token losses."""
+    return rows_loss(first.index_select(0, index), second.index_select(0, index))
+
+
+def _sum_over_rows(rows_loss: RowsLoss, first: Tensor, second: Tensor, rows: Tensor, chunk_size: int | None) -> Tensor:
+    """Sum of ``rows_loss`` over the rows ``rows`` of ``first`` / ``second``, ``chunk_size`` rows at a time.
+
+    Under autograd, when there is more than one chunk, each chunk is checkpointed: only references to the inputs are
+    kept, and the chunk's float32 maths is recomputed in the backward pass (a single chunk is not: its backward would
+    recompute the same float32 tensors it saves, at the same peak). The sum starts from an empty slice of ``first``, so
+    an empty selection is a 0 that still belongs to the graph (its gradient is 0).
+    """
+    total = first[:0].float().sum()
+    step = rows.numel() if chunk_size is None else chunk_size
+    checkpointed = rows.numel() > step and torch.is_grad_enabled() and first.requires_grad
+    for start in range(0, rows.numel(), max(step, 1)):
+        index = rows[start : start + step]
+        if checkpointed:
+            part = checkpoint(
+                _chunk_loss, rows_loss, first, second, index, use_reentrant=False, preserve_rng_state=False
+            )
+        else:
+            part = _chunk_loss(rows_loss, first, second, index)
+        total = total + part
+    return total
+
+
+def _token_loss(
+    loss: str,
+    rows_loss: RowsLoss,
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None,
+    num_tokens: Tensor | float | None,
+    chunk_size: int | None,
+    scale: float = 1.0,
+) -> Tensor:
+    """Check the pair, select the positions, sum the per-token losses chunk by chunk, scale and normalise."""
+    _check_pair(student, teacher, loss)
+    rows = _rows(mask, student.shape[:2], student.device, loss)
+    total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher.detach().flatten(0, 1), rows, chunk_size)
+    return total * scale / _normaliser(num_tokens, rows.numel(), total, loss)
+
+
+# ---------------------------------------------------------------- per-chunk maths (float32, summed over rows)
+
+
+def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """``log softmax(z / T)`` over the vocabulary, in float32."""
+    logits = logits.float()
+    return F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``sum_rows KL(p || q) = sum p * (log p - log q)`` from log-probabilities."""
+    return F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+
+
+def _log_mixture(log_p: Tensor, log_q: Tensor, weight: float) -> Tensor:
+    """``log(weight * p + (1 - weight) * q)`` for ``0 < weight < 1``, in log space (``logaddexp``)."""
+    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+
+
+def _skew_kl_rows(student: Tensor, teacher: Tensor, temperature: float, skew: float, reverse: bool) -> Tensor:
+    """``KL(p || skew * p + (1 - skew) * q)``, ``p`` the teacher (the student when ``reverse``); plain KL at 0."""
+    log_s, log_t = _log_probs(student, temperature), _log_probs(teacher, temperature)
+    log_p, log_q = (log_s, log_t) if reverse else (log_t, log_s)
+    return _kl(log_p, log_q if skew == 0 else _log_mixture(log_p, log_q, skew))
+
+
+def _jsd_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float) -> Tensor:
+    """``beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``, ``m = beta * p_t + (1 - beta) * p_s``, ``0 < beta < 1``."""
+    log_s, log_t = _log_probs(student, temperature), _log_probs(teacher, temperature)
+    log_m = _log_mixture(log_t, log_s, beta)
+    return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
+
+
+def _tvd_rows(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``sum_rows 1/2 * sum_v |p_t - p_s|``."""
+    p_s, p_t = _log_probs(student, temperature).exp(), _log_probs(teacher, temperature).exp()
+    return 0.5 * (p_t - p_s).abs().sum()
+
+
+def _cross_entropy_rows(logits: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+    return F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
+
+
+# ---------------------------------------------------------------- functions
+
+
+def forward_kl_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Token-level forward KL: the teacher's distribution is the target (mode-covering).
+
+    Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural Network", applied per token (DistilBERT's
+    ``loss_ce``, the word-level KD of Kim and Rush 2016, DistiLLM's and torchtune's ``forward_kl``).
+
+    ``T**2 / num_tokens * sum_{(b, l) in mask} KL(p_t || p_s)`` with ``p = softmax(z[b, l] / T)`` over the vocabulary.
+    The ``T**2`` (DistilBERT's ``loss_ce * T**2``) keeps the gradient's scale across temperatures; at ``T = 1`` this
+    is torchtune's ``ForwardKLLoss`` and DistiLLM's ``forward_kl`` plus the teacher's entropy (they return the
+    cross-entropy form, which has the same gradient; this returns the KL, 0 when the student equals the teacher).
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count (padding and unlabelled positions False); ``None``: all.
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the number of selected
+            positions (at least 1). The Lightning modules pass the effective batch's share of tokens.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]])
+        >>> forward_kl_loss(teacher, teacher).item()
+        0.0
+        >>> round(forward_kl_loss(torch.zeros(1, 2, 3), teacher, mask=torch.tensor([[True, False]])).item(), 4)
+        0.5743
+    """
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=0.0, reverse=False)
+    return _token_loss("forward_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+
+
+def reverse_kl_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Token-level reverse KL: the student's distribution weighs the log-ratio (mode-seeking).
+
+    Gu, Dong, Wei, Huang, ICLR 2024, "MiniLLM: Knowledge Distillation of Large Language Models" (its token-level
+    form); GKD's ``beta = 1`` end (Agarwal et al. ICLR 2024); DistiLLM's ``reverse_kl``.
+
+    ``T**2 / num_tokens * sum_{(b, l) in mask} KL(p_s || p_t)`` with ``p = softmax(z[b, l] / T)``. Same value as
+    DistiLLM's ``reverse_kl`` at ``T = 1`` (already a KL there).
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count; ``None``: all.
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
+        >>> round(reverse_kl_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
+        0.7379
+    """
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=0.0, reverse=True)
+    return _token_loss("reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+
+
+def generalized_jsd_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence per token: GKD's interpolation between forward and reverse KL.
+
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem, ICLR 2024, "On-Policy Distillation of Language Models:
+    Learning from Self-Generated Mistakes" (GKD), eq. (1), as TRL's ``GKDTrainer.generalized_jsd_loss``.
+
+    With ``P_t = softmax(t / T)``, ``P_s = softmax(s / T)`` and ``M = beta * P_t + (1 - beta) * P_s`` (its log taken
+    with ``logaddexp``), ``JSD_beta = beta * KL(P_t || M) + (1 - beta) * KL(P_s || M)`` per token; the loss is
+    ``T**2 / num_tokens * sum_{(b, l) in mask} JSD_beta``. ``JSD_beta -> 0`` as ``beta -> 0`` or ``1``, so, as TRL,
+    the two ends are special-cased: ``beta = 0`` is exactly :func:`forward_kl_loss` (``KL(P_t || P_s)``) and
+    ``beta = 1`` exactly :func:`reverse_kl_loss` (``KL(P_s || P_t)``). TRL runs GKD at ``T = 1`` (its temperature only
+    affects sampling), where this equals TRL's value with labels ``-100`` outside ``mask``.
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count (TRL: the labelled completion tokens); ``None``: all.
+        beta: mixture weight of the teacher, in ``[0, 1]`` (TRL's default 0.5).
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
+        >>> round(generalized_jsd_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
+        0.1495
+        >>> student = torch.zeros(1, 1, 3)
+        >>> bool(generalized_jsd_loss(student, teacher, beta=0.0) == forward_kl_loss(student, teacher))
+        True
+    """
+    _check_fraction("beta", beta, upper_closed=True)
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    if beta in (0, 1):
+        rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=0.0, reverse=beta == 1)
+    else:
+        rows_loss = partial(_jsd_rows, temperature=temperature, beta=beta)
+    return _token_loss(
+        "generalized_jsd_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2
+    )
+
+
+def skew_kl_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    skew: float = 0.1,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Skew KL divergence per token: forward KL against a mixture that keeps the student's zeros finite.
+
+    Ko, Kim, Chen, Yun, ICML 2024, "DistiLLM: Towards Streamlined Distillation for Large Language Models", eq. (3)
+    (``skewed_forward_kl`` in jongwooko/distillm).
+
+    With ``p = softmax(t / T)`` (teacher), ``q = softmax(s / T)`` (student) and ``lambda = skew``,
+    ``SKL_lambda(p, q) = KL(p || lambda * p + (1 - lambda) * q)`` per token; the loss is
+    ``T**2 / num_tokens * sum_{(b, l) in mask} SKL_lambda``. ``skew = 0`` is :func:`forward_kl_loss`.
+
+    Departure from DistiLLM's code: this returns the KL form (0 when the student equals the teacher); DistiLLM's
+    ``skewed_forward_kl`` returns the cross-entropy form ``-sum_v p * log(lambda * p + (1 - lambda) * q)``, which
+    differs by the teacher's entropy (a constant for the student: same gradient, different value).
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count; ``None``: all.
+        skew: the teacher's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
+        >>> round(skew_kl_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
+        0.4657
+    """
+    _check_fraction("skew", skew, upper_closed=False)
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=skew, reverse=False)
+    return _token_loss("skew_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+
+
+def skew_reverse_kl_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    skew: float = 0.1,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Skew reverse KL divergence per token: reverse KL against a student-teacher mixture.
+
+    Ko, Kim, Chen, Yun, ICML 2024, "DistiLLM: Towards Streamlined Distillation for Large Language Models", eq. (4)
+    (``skewed_reverse_kl`` in jongwooko/distillm).
+
+    With ``p = softmax(t / T)`` (teacher), ``q = softmax(s / T)`` (student) and ``lambda = skew``,
+    ``SRKL_lambda(q, p) = KL(q || lambda * q + (1 - lambda) * p)`` per token; the loss is
+    ``T**2 / num_tokens * sum_{(b, l) in mask} SRKL_lambda``. ``skew = 0`` is :func:`reverse_kl_loss`. DistiLLM's
+    ``skewed_reverse_kl`` already returns this KL form (0 when the student equals the teacher).
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count; ``None``: all.
+        skew: the student's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
+        >>> round(skew_reverse_kl_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
+        0.5246
+    """
+    _check_fraction("skew", skew, upper_closed=False)
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=skew, reverse=True)
+    return _token_loss(
+        "skew_reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2
+    )
+
+
+def total_variation_loss(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Total variation distance per token between the teacher's and the student's next-token distributions.
+
+    Wen, Li, Du, Mou, ACL 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation" (TVD);
+    DistiLLM's ``tv_distance``.
+
+    ``1 / num_tokens * sum_{(b, l) in mask} 1/2 * sum_v |p_t[v] - p_s[v]|`` with ``p = softmax(z[b, l] / T)``. Not
+    multiplied by ``T**2``: each token's distance is bounded in ``[0, 1]``.
+
+    Args:
+        student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
+        mask: ``[B, L]`` bool, the positions that count; ``None``: all.
+        temperature: softmax temperature ``T > 0``.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
+        >>> round(total_variation_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
+        0.5105
+    """
+    check_positive("temperature", temperature)
+    _check_chunk_size(chunk_size)
+    rows_loss = partial(_tvd_rows, temperature=temperature)
+    return _token_loss("total_variation_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size)
+
+
+def token_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    mask: Tensor | None = None,
+    num_tokens: Tensor | float | None = None,
+    chunk_size: int | None = 1024,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """The hard masked- / causal-LM loss: cross-entropy of the logits against the labels, per token.
+
+    Devlin et al. 2019 (BERT's masked-LM loss) and Radford et al. 2019 (GPT-2's causal-LM loss), as Hugging Face's
+    ``ForMaskedLMLoss`` / ``ForCausalLMLoss`` but without their shift: ``labels`` are already aligned with the logits
+    (for a causal LM, label ``t`` is the token at ``t + 1``; :meth:`kd_lightning.tokens.TokenTargets.aligned_labels`).
+
+    ``1 / num_tokens * sum_{(b, l) selected} -log softmax(logits[b, l])[labels[b, l]]`` (with ``label_smoothing``,
+    torch's smoothed cross-entropy per token), where the selected positions have ``labels != -100`` and ``mask``
+    True. With ``num_tokens=None`` this equals ``F.cross_entropy(..., ignore_index=-100, reduction="mean")`` over those
+    positions (and 0, not NaN, when none is selected).
+
+    Args:
+        logits: logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
+        labels: token ids ``[B, L]`` aligned with ``logits``; ``-100`` = ignored.
+        mask: ``[B, L]`` bool, further positions to drop (False); ``None``: every labelled position.
+        num_tokens: the divisor of the summed loss (a number or a 0-d tensor); ``None``: the selected positions.
+        chunk_size: positions upcast to float32 at a time (checkpointed under autograd); ``None``: one chunk.
+        label_smoothing: in ``[0, 1]``, as ``F.cross_entropy``.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+        >>> logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]])
+        >>> round(token_cross_entropy(logits, torch.tensor([[0, -100]])).item(), 4)
+        0.1698
+    """
+    _check_fraction("label_smoothing", label_smoothing, upper_closed=True)
+    _check_chunk_size(chunk_size)
+    _check_logits(logits, "token_cross_entropy", "student")
+    if tuple(labels.shape) != tuple(logits.shape[:2]) or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"token_cross_entropy expected integer labels of shape [B, L] = {tuple(logits.shape[:2])} but got a "
+            f"{labels.dtype} tensor of shape {tuple(labels.shape)}; pass one token id per logit position (-100 = "
+            f"ignored), already aligned with the logits (no shift)."
+        )
+    rows = _rows(mask, labels.shape, logits.device, "token_cross_entropy")
+    labels = labels.to(logits.device).flatten()
+    rows = rows[labels.index_select(0, rows) != IGNORE_INDEX]
+    rows_loss = partial(_cross_entropy_rows, label_smoothing=label_smoothing)
+    total = _sum_over_rows(rows_loss, logits.flatten(0, 1), labels, rows, chunk_size)
+    return total / _normaliser(num_tokens, rows.numel(), total, "token_cross_entropy")
+
+
+# ---------------------------------------------------------------- modules
+
+
+class _TokenLogitLoss(TokenLoss):
+    """Shared hyperparameters of the token-level logit losses: temperature, chunk size, the positions rule."""
+
+    token_kind = "logits"
+
+    def __init__(self, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto") -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        _check_chunk_size(chunk_size)
+        if positions not in POSITIONS:
+            raise ValueError(
+                f"expected positions in {list(POSITIONS)} but got {positions!r}; 'auto' reads the labelled tokens "
+                f"when the batch has labels and every real token otherwise, 'labelled' only labelled tokens, 'real' "
+                f"every real (non-padding) token."
+            )
+        self.temperature, self.chunk_size, self.positions = temperature, chunk_size, positions
+
+    def _options(self) -> str:
+        return f"temperature={self.temperature}, chunk_size={self.chunk_size}, positions={self.positions!r}"
+
+    def extra_repr(self) -> str:
+        return self._options()
+
+
+class ForwardKLLoss(_TokenLogitLoss):
+    """Module form of :func:`forward_kl_loss`: ``T**2 * KL(p_t || p_s)`` per token (DistilBERT's ``loss_ce``).
+
+    ``positions`` is the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"auto"``
+    the labelled tokens when the batch has labels, else every real token (DistilBERT's KD on the masked tokens of an
+    MLM batch; TRL's GKD on the labelled completion); ``"labelled"``; ``"real"``.
+
+    Args:
+        temperature: softmax temperature ``T > 0`` (DistilBERT: 2).
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"``.
+
+    Example:
+        >>> ForwardKLLoss(temperature=2.0)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return forward_kl_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
+
+
+class ReverseKLLoss(_TokenLogitLoss):
+    """Module form of :func:`reverse_kl_loss`: ``T**2 * KL(p_s || p_t)`` per token (mode-seeking).
+
+    Args:
+        temperature: softmax temperature ``T > 0``.
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+
+    Example:
+        >>> ReverseKLLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return reverse_kl_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
+
+
+class GeneralizedJSDLoss(_TokenLogitLoss):
+    """Module form of :func:`generalized_jsd_loss` (GKD, Agarwal et al. ICLR 2024; TRL's default ``beta = 0.5``).
+
+    Args:
+        beta: mixture weight of the teacher, in ``[0, 1]``; 0 is forward KL, 1 reverse KL.
+        temperature: softmax temperature ``T > 0`` (TRL's loss runs at 1).
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+
+    Example:
+        >>> GeneralizedJSDLoss(beta=0.9)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto"
+    ) -> None:
+        super().__init__(temperature, chunk_size, positions)
+        _check_fraction("beta", beta, upper_closed=True)
+        self.beta = beta
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return generalized_jsd_loss(student, teacher, mask, self.beta, self.temperature, num_tokens, self.chunk_size)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, {self._options()}"
+
+
+class _SkewLoss(_TokenLogitLoss):
+    """Shared hyperparameters of the two skew losses: the mixture weight ``skew`` in ``[0, 1)``."""
+
+    def __init__(
+        self, skew: float = 0.1, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto"
+    ) -> None:
+        super().__init__(temperature, chunk_size, positions)
+        _check_fraction("skew", skew, upper_closed=False)
+        self.skew = skew
+
+    def extra_repr(self) -> str:
+        return f"skew={self.skew}, {self._options()}"
+
+
+class SkewKLLoss(_SkewLoss):
+    """Module form of :func:`skew_kl_loss` (DistiLLM, Ko et al. ICML 2024), in KL form (0 at equality).
+
+    Args:
+        skew: the teacher's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
+        temperature: softmax temperature ``T > 0``.
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+
+    Example:
+        >>> SkewKLLoss(skew=0.1)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return skew_kl_loss(student, teacher, mask, self.skew, self.temperature, num_tokens, self.chunk_size)
+
+
+class SkewReverseKLLoss(_SkewLoss):
+    """Module form of :func:`skew_reverse_kl_loss` (DistiLLM, Ko et al. ICML 2024).
+
+    Args:
+        skew: the student's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
+        temperature: softmax temperature ``T > 0``.
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+
+    Example:
+        >>> SkewReverseKLLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return skew_reverse_kl_loss(student, teacher, mask, self.skew, self.temperature, num_tokens, self.chunk_size)
+
+
+class TVDLoss(_TokenLogitLoss):
+    """Module form of :func:`total_variation_loss`: ``1/2 * sum_v |p_t - p_s|`` per token, not scaled by ``T**2``.
+
+    Args:
+        temperature: softmax temperature ``T > 0``.
+        chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
+        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+
+    Example:
+        >>> TVDLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
+        torch.Size([])
+    """
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
+        return total_variation_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
