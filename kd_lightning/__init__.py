@@ -10,10 +10,12 @@ from kd_lightning.data import (
     ImageFolderDataModule,
     ResumableDataLoader,
     SyntheticImageDataModule,
+    TextDataModule,
+    TokenWindowLoader,
 )
 from kd_lightning.features import FeatureTap
 from kd_lightning.files import AtomicCheckpointIO, CheckpointFileError, read_checkpoint, read_tensors
-from kd_lightning.losses import DistillationLoss
+from kd_lightning.losses import DistillationLoss, TokenLoss
 from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN, timm_model, torchvision_model
 from kd_lightning.modules import (
     BYOTExits,
@@ -30,6 +32,7 @@ from kd_lightning.modules.checks import NonFiniteLossError
 from kd_lightning.normalization import Renormalize
 from kd_lightning.objective import DistillTerm, Objective
 from kd_lightning.teacher import freeze, load_weights
+from kd_lightning.tokens import TokenTargets
 
 __version__ = "0.1.0"
 
@@ -64,7 +67,11 @@ __all__ = [
     "SyntheticImageDataModule",
     "TeacherCache",
     "TeacherCacheError",
+    "TextDataModule",
     "TinyCNN",
+    "TokenLoss",
+    "TokenTargets",
+    "TokenWindowLoader",
     "freeze",
     "load_weights",
     "read_checkpoint",

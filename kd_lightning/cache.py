@@ -134,6 +134,12 @@ class TeacherCache:
     # ----------------------------------------------------------------- dataset
     def prepare_dataset(self, dataset: Dataset) -> None:
         """Make the training dataset yield the stored views and the sample index (before its loader iterates)."""
+        if len(dataset) and isinstance(dataset[0], Mapping):
+            raise TeacherCacheError(
+                f"the teacher cache stores the teacher's outputs for (x, y, index) samples but "
+                f"{type(dataset).__name__} yields dicts (token sequences); remove teacher_cache: the teacher then runs "
+                f"every step."
+            )
         replayable = callable(getattr(dataset, "sample", None)) and hasattr(dataset, "views")
         if self.views > 1 and not replayable:
             raise TeacherCacheError(

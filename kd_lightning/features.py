@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -17,19 +17,43 @@ from torch.utils.hooks import RemovableHandle
 LOGITS = "logits"
 
 
-def extract_logits(output: Any) -> Tensor:
-    """Return the logits of a model output: a tensor, an object with ``.logits``, or a tuple starting with logits."""
+HIDDEN = "hidden"
+"""Output kind of a network without logits (a Hugging Face base model: its ``last_hidden_state`` ``[B, L, H]``)."""
+
+
+def first_tensor(output: Any) -> Tensor | None:
+    """A module output's main tensor: the tensor itself, the first item of a tuple or list, or the first tensor of a
+    ``ModelOutput``/dict (``last_hidden_state`` of a Hugging Face model); ``None`` when there is none."""
     if isinstance(output, Tensor):
         return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
+    if isinstance(output, Mapping):
+        return next((value for value in output.values() if isinstance(value, Tensor)), None)
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
+    return None
+
+
+def primary_output(output: Any) -> tuple[Tensor, str]:
+    """A model output's logits and their kind: ``(logits, "logits")``, or ``(hidden states, "hidden")`` for a model
+    without logits (a Hugging Face ``BertModel``/``GPT2Model``: its ``last_hidden_state``)."""
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits, LOGITS
+    if isinstance(output, Tensor) or (isinstance(output, (tuple, list)) and first_tensor(output) is not None):
+        return first_tensor(output), LOGITS
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden, HIDDEN
     raise TypeError(
-        f"expected the model to return logits (a Tensor, an object with .logits, or a tuple starting with logits) "
-        f"but got {type(output).__name__}; wrap the model so that forward returns logits."
+        f"expected the model to return logits (a Tensor, an object with .logits or .last_hidden_state, or a tuple "
+        f"starting with logits) but got {type(output).__name__}; wrap the model so that forward returns logits."
     )
+
+
+def extract_logits(output: Any) -> Tensor:
+    """Return the logits of a model output: a tensor, an object with ``.logits`` (or ``.last_hidden_state``), or a
+    tuple starting with logits."""
+    return primary_output(output)[0]
 
 
 def resolve_module(model: nn.Module, name: str, role: str = "model") -> nn.Module:
@@ -58,7 +82,10 @@ class FeatureTap:
         role: "student"/"teacher"/... used in error messages.
 
     Calling the tap returns ``{"logits": [B, C], name: feature, ...}``. Captured features are the module outputs
-    themselves (no copy): tap modules whose output is not modified in place afterwards.
+    themselves (no copy): tap modules whose output is not modified in place afterwards. A module returning a tuple or
+    a ``ModelOutput`` (a transformer block: ``encoder.layer.3``, ``transformer.h.5``) gives its first tensor, the
+    hidden states ``[B, L, H]``. After a call, ``output_kind`` is ``"logits"``, or ``"hidden"`` for a model without
+    logits (a Hugging Face base model), whose ``last_hidden_state`` is then returned under ``"logits"``.
 
     Example:
         >>> import torch
@@ -73,23 +100,29 @@ class FeatureTap:
         self.model, self.role = model, role
         self.names = tuple(dict.fromkeys(n for n in names if n != LOGITS))
         self._captured: dict[str, Tensor] = {}
+        self.output_kind = LOGITS
         self._handles: list[RemovableHandle] = []
         for name in self.names:
             module = resolve_module(model, name, role)
             self._handles.append(module.register_forward_hook(functools.partial(self._capture, name)))
 
     def _capture(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        """Forward hook (a partial of a bound method, so models with taps stay picklable for ``ddp_spawn``)."""
-        if not isinstance(output, Tensor):
+        """Forward hook (a partial of a bound method, so models with taps stay picklable for ``ddp_spawn``).
+
+        A transformer block returning a tuple or a ``ModelOutput`` is captured by its hidden states (the first tensor).
+        """
+        captured = first_tensor(output)
+        if captured is None:
             raise TypeError(
                 f"{self.role} submodule {name!r} ({type(module).__name__}) returned {type(output).__name__}, "
-                f"not a Tensor; tap one of its submodules that returns a tensor instead."
+                f"which holds no tensor to capture; tap one of its submodules that returns a tensor instead."
             )
-        self._captured[name] = output
+        self._captured[name] = captured
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         self._captured = {}
-        outputs = {LOGITS: extract_logits(self.model(*args, **kwargs))}
+        logits, self.output_kind = primary_output(self.model(*args, **kwargs))
+        outputs = {LOGITS: logits}
         missing = [n for n in self.names if n not in self._captured]
         if missing:
             raise RuntimeError(f"{self.role} submodules {missing} were not called in forward; tap modules on the path.")

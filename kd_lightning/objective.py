@@ -4,6 +4,11 @@ A :class:`DistillTerm` is one distillation loss, its weight (optionally ramped u
 DKD's warm-up) and the outputs it compares: ``"logits"`` or ``named_modules()`` paths of the student and of the
 teacher (a list of paths for multi-layer relations such as FSP). :class:`Objective` sums the hard-label loss and the
 terms and returns every weighted component by name, so each one can be logged.
+
+The labels are class indices ``[B]`` (``-100`` marks an unlabelled sample of a mixed transfer set), ``None`` for a
+label-free batch (then ``ce_weight`` must be 0), or a :class:`~kd_lightning.tokens.TokenTargets` for sequences: the
+hard loss is then the model's masked- or causal-LM loss and the token-level terms read the positions it selects,
+normalised per real token of the effective batch.
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_lightning.features import LOGITS
+from kd_lightning.losses.base import ANY_LAYERS
+from kd_lightning.losses.token import token_cross_entropy
+from kd_lightning.tokens import IGNORE_INDEX, TokenTargets
 
 Outputs = Mapping[str, Tensor]
 LayerSpec = str | Sequence[str]
+Target = Tensor | TokenTargets | None
+"""Labels ``[B]`` of classes, ``None`` (label-free), or the token targets of a sequence batch."""
 
 
 def _as_names(spec: LayerSpec) -> tuple[str, ...]:
@@ -68,6 +78,8 @@ def _check_layer_count(loss: nn.Module, student: LayerSpec, teacher: LayerSpec) 
     given = {"student": student, "teacher": teacher}
     if expected is None:
         return not isinstance(student, str)
+    if expected == ANY_LAYERS:  # a layer map: any number of (student, teacher) layer pairs, always as tuples
+        return True
     loss_name = type(loss).__name__
     if expected == 1:
         for role, spec in given.items():
@@ -147,14 +159,32 @@ class DistillTerm(nn.Module):
         selected = tuple(outputs[name] for name in names)
         return selected if self.multi_layer else selected[0]
 
-    def forward(self, student: Outputs, teacher: Outputs, target: Tensor | None = None, epoch: int = 0) -> Tensor:
-        """Weighted loss; teacher outputs are detached (a target, never trained through this term)."""
+    @property
+    def token_kind(self) -> str | None:
+        """``"logits"`` or ``"hidden"`` for a per-token sequence loss (a ``TokenLoss``), else ``None``."""
+        return getattr(self.loss, "token_kind", None)
+
+    def forward(self, student: Outputs, teacher: Outputs, target: Target = None, epoch: int = 0) -> Tensor:
+        """Weighted loss; teacher outputs are detached (a target, never trained through this term).
+
+        A token-level loss gets the positions its ``positions`` rule selects (``"hidden"`` for hidden-state losses)
+        and their normaliser from the token targets; a classification loss gets the labels.
+        """
+        student_inputs = self.select(student, self.student_names)
         teacher_inputs = self.select(teacher, self.teacher_names)
         if isinstance(teacher_inputs, tuple):
             teacher_inputs = tuple(t.detach() for t in teacher_inputs)
         else:
             teacher_inputs = teacher_inputs.detach()
-        return self.weight_at(epoch) * self.loss(self.select(student, self.student_names), teacher_inputs, target)
+        weight = self.weight_at(epoch)
+        if self.token_kind is None:
+            labels = target.labels if isinstance(target, TokenTargets) else target
+            return weight * self.loss(student_inputs, teacher_inputs, labels)
+        first = student_inputs[0] if isinstance(student_inputs, tuple) else student_inputs
+        tokens = as_token_targets(target, first)
+        rule = "hidden" if self.token_kind == "hidden" else getattr(self.loss, "positions", "auto")
+        value = self.loss(student_inputs, teacher_inputs, tokens.labels, tokens.mask(rule), tokens.num_tokens(rule))
+        return weight * value
 
     def describe(self) -> str:
         """``KDLoss on student logits vs teacher logits``: what the term compares, for error messages."""
@@ -192,7 +222,9 @@ class Objective(nn.Module):
         ce_weight: weight of the cross-entropy with the labels (``>= 0``).
         label_smoothing: label smoothing of the cross-entropy.
 
-    ``forward`` returns ``{"ce": ce_weight * CE, term.name: weighted term, ...}``; the total loss is their sum.
+    ``forward`` returns ``{"ce": ce_weight * CE, term.name: weighted term, ...}``; the total loss is their sum. With
+    ``ce_weight=0``, or for a batch without labels (the unlabelled part of a mixed transfer set), there is no ``"ce"``:
+    the Lightning modules refuse ``ce_weight > 0`` before training when the training data has no labels at all.
     """
 
     def __init__(self, terms: Sequence[DistillTerm] = (), ce_weight: float = 1.0, label_smoothing: float = 0.0) -> None:
@@ -217,9 +249,10 @@ class Objective(nn.Module):
         """Every teacher output the terms read, in order, without repeats."""
         return list(dict.fromkeys(name for term in self.terms for name in term.teacher_names))
 
-    def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor, epoch: int = 0) -> dict[str, Tensor]:
-        ce = hard_label_loss(student[LOGITS], target, self.label_smoothing)
-        losses = {"ce": self.ce_weight * ce}
+    def forward(self, student: Outputs, teacher: Outputs | None, target: Target, epoch: int = 0) -> dict[str, Tensor]:
+        losses = {}
+        if self.ce_weight > 0 and has_labels(target):
+            losses["ce"] = self.ce_weight * hard_label_loss(student[LOGITS], target, self.label_smoothing)
         if self.terms and teacher is None:
             raise ValueError("distillation terms need teacher outputs but got none; use a module with a teacher.")
         for term in self.terms:
@@ -230,18 +263,74 @@ class Objective(nn.Module):
         return losses
 
 
-def hard_label_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy of logits ``[B, C]`` with class indices ``[B]``; a label outside ``[0, C)`` is a clear error."""
-    try:
-        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-    except (IndexError, RuntimeError) as error:
-        if "out of bounds" not in str(error):
-            raise
+def as_token_targets(target: Target, logits: Tensor) -> TokenTargets:
+    """The token targets of a sequence batch; labels ``[B, L]`` alone, or nothing, become targets without an attention
+    mask (every position real, no causal shift) for the ``[B, L, ...]`` outputs ``logits``."""
+    if isinstance(target, TokenTargets):
+        return target
+    if target is not None and target.ndim != 2:
         raise ValueError(
-            f"expected labels in [0, {logits.shape[-1]}) (the network has {logits.shape[-1]} outputs) but a batch has "
-            f"labels {sorted(set(target.tolist()))}; set num_classes to the number of classes of the data, or fix "
-            f"the dataset's labels."
-        ) from error
+            f"a token-level loss compares [B, L, ...] sequence outputs but the batch's labels have shape "
+            f"{tuple(target.shape)}; feed token batches (dicts with input_ids, attention_mask, labels [B, L]), or use "
+            f"a classification loss (KDLoss, ...) for [B, C] logits."
+        )
+    if logits.ndim < 3:
+        raise ValueError(
+            f"a token-level loss compares [B, L, V] logits or [B, L, H] hidden states but got outputs of shape "
+            f"{tuple(logits.shape)}; for [B, C] class logits use kd_lightning.losses.KDLoss (or another response loss)."
+        )
+    return TokenTargets(labels=target, attention_mask=None, shape=tuple(logits.shape[:2]), device=logits.device)
+
+
+def has_labels(target: Target) -> bool:
+    """Whether the batch's targets hold labels (class indices, or token labels)."""
+    return target.labels is not None if isinstance(target, TokenTargets) else target is not None
+
+
+def missing_labels_error() -> ValueError:
+    """The error of a hard-label loss asked of data without labels."""
+    return ValueError(
+        "the hard-label loss needs labels but the batch has none (a label-free transfer set); set the model's "
+        "ce_weight: 0 to learn from the teacher alone, or use data with labels (TextDataModule task: mlm or clm)."
+    )
+
+
+def hard_label_loss(logits: Tensor, target: Target, label_smoothing: float = 0.0) -> Tensor:
+    """The hard-label loss: cross-entropy of logits ``[B, C]`` with class indices ``[B]``, averaged over the labelled
+    samples (``-100`` is an unlabelled sample; a batch with none gives 0), or the masked-/causal-LM loss of logits
+    ``[B, L, V]`` over the labelled tokens (:class:`TokenTargets`, per real token of the effective batch).
+
+    A label outside ``[0, C)`` is a clear error; so is ``None`` (no labels).
+    """
+    if target is None or (isinstance(target, TokenTargets) and target.labels is None):
+        raise missing_labels_error()
+    if logits.ndim == 3 or isinstance(target, TokenTargets):
+        tokens = as_token_targets(target, logits)
+        try:
+            labels, num_tokens = tokens.aligned_labels(), tokens.num_tokens("labelled")
+            return token_cross_entropy(logits, labels, num_tokens=num_tokens, label_smoothing=label_smoothing)
+        except (IndexError, RuntimeError) as error:
+            raise _label_range_error(error, logits, tokens.labels) from error
+    try:
+        total = F.cross_entropy(
+            logits.float(), target, label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+    except (IndexError, RuntimeError) as error:
+        raise _label_range_error(error, logits, target) from error
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _label_range_error(error: Exception, logits: Tensor, target: Tensor) -> Exception:
+    """A clear ``ValueError`` for labels out of the network's range; any other error unchanged."""
+    if "out of bounds" not in str(error):
+        return error
+    labels = sorted(set(target[target != IGNORE_INDEX].flatten().tolist()))
+    shown = labels if len(labels) <= 12 else [*labels[:6], "...", *labels[-6:]]
+    return ValueError(
+        f"expected labels in [0, {logits.shape[-1]}) (the network has {logits.shape[-1]} outputs) but a batch has "
+        f"labels {shown}; set num_classes to the number of classes of the data, or fix the dataset's labels (for a "
+        f"language model: use the tokenizer the model was built for)."
+    )
 
 
 def total_loss(losses: Mapping[str, Tensor]) -> Tensor:

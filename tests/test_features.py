@@ -61,22 +61,48 @@ def test_remove_leaves_no_hooks_and_capture_stops():
     assert "layer1" not in model.state_dict() and not any("tap" in key for key in model.state_dict())
 
 
-def test_non_tensor_output_is_a_clear_error():
+def test_tuple_and_model_output_blocks_are_captured_by_their_hidden_states():
+    """Transformer blocks return tuples (transformers 4) or ModelOutputs: the tap takes their first tensor."""
+
     class Pair(nn.Module):
         def forward(self, x):
-            return x, x
+            return x * 2, x
+
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"last_hidden_state": x + 1, "pooler_output": x.mean(1)}
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.pair = Pair()
+            self.pair, self.named = Pair(), Named()
             self.head = nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.head(self.pair(x)[0])
+            return self.head(self.named(self.pair(x)[0])["last_hidden_state"])
 
-    with pytest.raises(TypeError, match="'pair' \\(Pair\\) returned tuple, not a Tensor"):
-        FeatureTap(Net(), ["pair"])(torch.randn(2, 4))
+    x = torch.randn(2, 4)
+    outputs = FeatureTap(Net(), ["pair", "named"])(x)
+    assert torch.equal(outputs["pair"], x * 2) and torch.equal(outputs["named"], x * 2 + 1)
+
+
+def test_output_without_a_tensor_is_a_clear_error():
+    class Nothing(nn.Module):
+        def forward(self, x):
+            return None
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nothing = Nothing()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            self.nothing(x)
+            return self.head(x)
+
+    with pytest.raises(TypeError, match="'nothing' \\(Nothing\\) returned NoneType, which holds no tensor"):
+        FeatureTap(Net(), ["nothing"])(torch.randn(2, 4))
 
 
 def test_tapped_models_stay_picklable():

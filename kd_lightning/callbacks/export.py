@@ -24,9 +24,18 @@ STUDENT_PREFIX = "student."
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | Path) -> Path:
-    """Save a state dict atomically as ``.safetensors`` or, for any other suffix, with ``torch.save``."""
+    """Save a state dict atomically as ``.safetensors`` or, for any other suffix, with ``torch.save``.
+
+    Tied weights (a language model's output layer sharing its word embeddings) are stored once per key: safetensors
+    refuses tensors that share memory, so every repeat is written as its own copy (strict loading fills both keys).
+    """
     path = Path(path)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    tensors, storages = {}, set()
+    for key, value in state_dict.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        tensors[key] = value.clone() if storage in storages else value
+        storages.add(storage)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

@@ -14,8 +14,10 @@ from kd_lightning.teacher import count_parameters
 
 ROWS = (
     ("test/acc", "test accuracy"),
+    ("test/ppl", "test perplexity"),
     ("test/agreement", "agreement with teacher"),
     ("test/kl", "KL(teacher || student)"),
+    ("test/cosine", "cosine to teacher states"),
 )
 
 

@@ -1,10 +1,11 @@
-"""LightningDataModules, and the resumable training loader they share with user datamodules."""
+"""LightningDataModules (images and text), and the resumable training loaders they share with user datamodules."""
 
 from kd_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import ImageFolderDataModule
 from kd_lightning.data.resumable import EpochSampler, ResumableDataLoader
 from kd_lightning.data.synthetic import SyntheticImageDataModule
+from kd_lightning.data.text import TextDataModule, TokenWindowLoader, python_help_corpus, train_bpe_tokenizer
 
 __all__ = [
     "CIFAR10DataModule",
@@ -14,4 +15,8 @@ __all__ = [
     "ImageFolderDataModule",
     "ResumableDataLoader",
     "SyntheticImageDataModule",
+    "TextDataModule",
+    "TokenWindowLoader",
+    "python_help_corpus",
+    "train_bpe_tokenizer",
 ]

@@ -57,6 +57,8 @@ class ReplayableDataset(Dataset):
     epoch ``e mod K`` (:meth:`replayed_epoch`), the ones the cache holds teacher outputs for; the order of the samples
     still changes every epoch (it is the loader's).
 
+    ``labelled = False`` makes a label-free split (a transfer set only the teacher labels): items ``(image,)``.
+
     Args:
         augment: apply the random training augmentation (``False``: every epoch gives the same, plain view).
         return_index: items carry the sample's index (its position in the split) as a third element.
@@ -67,6 +69,7 @@ class ReplayableDataset(Dataset):
         self.augment, self.return_index = augment, return_index
         self.seed, self.epoch = seed, 0
         self.views: int | None = None
+        self.labelled = True
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -84,9 +87,14 @@ class ReplayableDataset(Dataset):
         return epoch if self.views is None else epoch % self.views
 
     def sample(self, index: int, epoch: int) -> tuple[Tensor, ...]:
-        """Item ``index`` with the view of ``epoch`` (no :meth:`replayed_epoch` mapping): the same every time."""
+        """Item ``index`` with the view of ``epoch`` (no :meth:`replayed_epoch` mapping): the same every time.
+
+        A label-free split (``labelled = False``) yields ``(image,)``, or ``(image, -100, index)`` with the index.
+        """
         image, label = self.view(index, epoch)
-        label = torch.as_tensor(label, dtype=torch.int64)
+        if not self.labelled and not self.return_index:
+            return (image,)
+        label = torch.as_tensor(label if self.labelled else -100, dtype=torch.int64)
         return (image, label, torch.tensor(index)) if self.return_index else (image, label)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:

@@ -7,6 +7,8 @@ order and with the same shifts, as the run that was interrupted.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -15,6 +17,7 @@ from torch import Tensor
 
 from kd_lightning.data.base import ReplayableDataset, SplitDataModule
 from kd_lightning.data.resumable import derive_seed
+from kd_lightning.tokens import IGNORE_INDEX
 
 
 def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -67,6 +70,14 @@ class DigitsDataset(ReplayableDataset):
         return image, self.labels[index]
 
 
+def _unlabelled_share(train: np.ndarray, labels: np.ndarray, hp: Any) -> np.ndarray:
+    """The training samples whose labels are hidden: all but a stratified, seeded ``labelled_fraction`` of them."""
+    _, unlabelled = train_test_split(
+        train, train_size=hp.labelled_fraction, stratify=labels[train], random_state=hp.seed
+    )
+    return unlabelled
+
+
 class DigitsDataModule(SplitDataModule):
     """Seeded, stratified train/val/test split of ``sklearn.datasets.load_digits``.
 
@@ -86,6 +97,10 @@ class DigitsDataModule(SplitDataModule):
         train_fraction: use only this share of the training split (stratified), for low-data experiments.
         shuffle_seed: seed of the training order and augmentation; ``None`` uses the run's seed (``seed_everything``,
             0 when unset), read when the training loader is built, so every seed of a benchmark sees its own order.
+        labelled_fraction: keep the labels of only this share of the training split (stratified, seeded by ``seed``)
+            — a transfer set whose other samples only the teacher can label (``-100`` marks them; the hard-label loss
+            skips them). ``0``: no training labels at all, batches ``(x,)`` (``(x, -100, index)`` with
+            ``return_index``); train with ``ce_weight: 0``. Validation and test keep their labels.
     """
 
     num_classes = 10
@@ -102,6 +117,7 @@ class DigitsDataModule(SplitDataModule):
         return_index: bool = False,
         train_fraction: float = 1.0,
         shuffle_seed: int | None = None,
+        labelled_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -111,6 +127,8 @@ class DigitsDataModule(SplitDataModule):
             )
         if not 0 < train_fraction <= 1:
             raise ValueError(f"expected 0 < train_fraction <= 1 but got train_fraction={train_fraction}.")
+        if not 0 <= labelled_fraction <= 1:
+            raise ValueError(f"expected 0 <= labelled_fraction <= 1 but got labelled_fraction={labelled_fraction}.")
         self.save_hyperparameters()
 
     def setup(self, stage: str | None = None) -> None:
@@ -128,11 +146,17 @@ class DigitsDataModule(SplitDataModule):
             train, _ = train_test_split(
                 train, train_size=hp.train_fraction, stratify=labels[train], random_state=hp.seed
             )
+        train_labels = labels.copy()
+        if hp.labelled_fraction < 1:
+            unlabelled = train if hp.labelled_fraction == 0 else _unlabelled_share(train, labels, hp)
+            train_labels[unlabelled] = IGNORE_INDEX
         mean, std = images[train].mean(), images[train].std()
-        tensors = torch.from_numpy((images - mean) / std), torch.from_numpy(labels)
+        pixels = torch.from_numpy((images - mean) / std)
         for name, split in (("train", train), ("val", val), ("test", test)):
             shift = 1 if (hp.augment and name == "train") else 0
+            split_labels = torch.from_numpy(train_labels if name == "train" else labels)
             split = torch.from_numpy(np.sort(split))
             self.splits[name] = DigitsDataset(
-                tensors[0][split], tensors[1][split], max_shift=shift, return_index=hp.return_index
+                pixels[split], split_labels[split], max_shift=shift, return_index=hp.return_index
             )
+            self.splits[name].labelled = not (name == "train" and hp.labelled_fraction == 0)

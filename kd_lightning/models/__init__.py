@@ -27,6 +27,7 @@ from kd_lightning.models.cifar import (
 )
 from kd_lightning.models.digits import DigitsCNN, DigitsMLP, TinyCNN
 from kd_lightning.models.hub import timm_model, torchvision_model
+from kd_lightning.models.text import maximally_spaced_layers, model_from_config, pretrained_model, student_from_teacher
 
 __all__ = [
     "CIFAR_NETWORKS",
@@ -37,6 +38,9 @@ __all__ = [
     "ShuffleV1",
     "ShuffleV2",
     "TinyCNN",
+    "maximally_spaced_layers",
+    "model_from_config",
+    "pretrained_model",
     "resnet8",
     "resnet8x4",
     "resnet14",
@@ -46,6 +50,7 @@ __all__ = [
     "resnet44",
     "resnet56",
     "resnet110",
+    "student_from_teacher",
     "timm_model",
     "torchvision_model",
     "vgg8",

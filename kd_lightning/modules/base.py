@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.core.saving import _load_from_checkpoint
@@ -25,22 +24,22 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.regression import KLDivergence
 
 try:  # FSDP2 (fully_shard modules under ModelParallelStrategy)
     from torch.distributed.fsdp import FSDPModule
 except ImportError:  # a torch without it: nothing to reshard
     FSDPModule = ()
 
-from kd_lightning import run_state
-from kd_lightning.features import LOGITS, FeatureTap
+from kd_lightning import batches, run_state
+from kd_lightning.batches import Batch, Inputs
+from kd_lightning.features import HIDDEN, LOGITS, FeatureTap
 from kd_lightning.files import AtomicCheckpointIO, read_checkpoint
-from kd_lightning.modules import checks, performance, restore
+from kd_lightning.modules import checks, evaluation, performance, restore, sequences
 from kd_lightning.modules.restore import CHECKPOINT_KEY
-from kd_lightning.objective import DistillTerm, Objective, total_loss
+from kd_lightning.objective import DistillTerm, Objective, Target, missing_labels_error, total_loss
 from kd_lightning.teacher import describe_keys
+from kd_lightning.tokens import TokenTargets, is_causal_lm
 
-Batch = Sequence[Tensor]
 DRY_RUN_SAMPLES = 8
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
@@ -57,20 +56,8 @@ def _is_plain(value: Any) -> bool:
 
 
 def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
-    """One top-1 accuracy metric per name (per peer, per exit)."""
-    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro") for name in names})
-
-
-def _stage_metrics(num_classes: int) -> nn.ModuleDict:
-    """Student accuracy, teacher accuracy, agreement (student/teacher top-1 match rate) and KL(teacher || student)."""
-    return nn.ModuleDict(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
-            "agreement": MulticlassAccuracy(num_classes, average="micro"),
-            "kl": KLDivergence(log_prob=True, reduction="mean"),
-        }
-    )
+    """One top-1 accuracy metric per name (per peer, per exit); unlabelled samples (``-100``) are skipped."""
+    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro", ignore_index=-100) for name in names})
 
 
 class DistillationModule(L.LightningModule):
@@ -125,9 +112,11 @@ class DistillationModule(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.compile_option, self.channels_last = compile, bool(channels_last)
         self.skipped_steps = 0
-        self.val_metrics = _stage_metrics(num_classes)
-        self.test_metrics = _stage_metrics(num_classes)
+        self.val_metrics = evaluation.stage_metrics(num_classes)
+        self.test_metrics = evaluation.stage_metrics(num_classes)
         self.student_tap = FeatureTap(student, self.objective.student_layers, role="student")
+        self.causal_lm = is_causal_lm(student)
+        self._warned_token_window = [False]
 
     def save_init_arguments(self) -> None:
         """Save hyperparameters so ``load_from_checkpoint(path)`` rebuilds the module.
@@ -153,13 +142,23 @@ class DistillationModule(L.LightningModule):
         """The networks of this module by name (what ``compile`` can name): here the student alone."""
         return {"student": self.student}
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The deployable student's logits ``[B, num_classes]``."""
-        return self.student_tap(x)[LOGITS]
+    def forward(self, x: Inputs) -> Tensor:
+        """The deployable student's logits ``[B, num_classes]`` (``[B, L, V]`` for a language model; a dict input is
+        passed as keyword arguments: ``input_ids``, ``attention_mask``)."""
+        return batches.call(self.student_tap, x)[LOGITS]
 
     def student_outputs(self, batch: Batch) -> dict[str, Tensor]:
         """Student logits and the features the terms read: ``{"logits": [B, C], "<module path>": ...}``."""
-        return self.student_tap(batch[0])
+        return batches.call(self.student_tap, batches.inputs_of(batch))
+
+    def targets(self, batch: Batch) -> Target:
+        """What the objective compares with: labels ``[B]`` (``None`` when the batch has none), or the token targets
+        of a sequence batch (labels, attention mask, causal shift, and in training the normalisers of the effective
+        batch: see :mod:`kd_lightning.modules.sequences`)."""
+        normalizers = None
+        if self.training and self._trainer is not None and self.trainer.training:
+            normalizers = sequences.window_normalizers(batch, self.trainer, self._warned_token_window)
+        return sequences.batch_targets(batch, self.causal_lm, normalizers)
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor] | None:
         """Teacher logits and features (detached targets), or ``None`` when this mode has no teacher."""
@@ -168,7 +167,7 @@ class DistillationModule(L.LightningModule):
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Named, already weighted loss components: ``{"ce": ..., "<term>": ...}``; the total is their sum."""
         teacher = self.teacher_outputs(batch)  # first: its temporaries are freed before the student's graph is built
-        return self.objective(self.student_outputs(batch), teacher, batch[1], self.current_epoch)
+        return self.objective(self.student_outputs(batch), teacher, self.targets(batch), self.current_epoch)
 
     def eval_teacher_logits(self, batch: Batch) -> Tensor | None:
         """Teacher logits for the validation/test metrics, or ``None``."""
@@ -181,21 +180,30 @@ class DistillationModule(L.LightningModule):
         Modes whose one forward pass yields more (every peer, every exit) override this to log those metrics from the
         same pass, so no network runs twice per evaluation batch.
         """
-        return self(batch[0]), self.eval_teacher_logits(batch)
+        return self(batches.inputs_of(batch)), self.eval_teacher_logits(batch)
 
     # ----------------------------------------------------------------- Lightning steps
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         buffers = [b.detach().clone() for b in self.buffers()] if self.on_nonfinite == "skip" else None
         batch = self.format_batch(batch)
-        losses = self.compute_losses(batch)
+        losses = self.combined_losses(batch) if batches.is_combined(batch) else self.compute_losses(batch)
         loss = total_loss(losses)
-        batch_size = len(batch[1])
+        batch_size = sum(batches.size_of(part) for part in batches.parts(batch))
         if not self.loss_is_finite(loss, losses, batch, batch_idx):
             if buffers:
                 torch._foreach_copy_(list(self.buffers()), buffers)  # undo the batch's BatchNorm statistics updates
             return None
         self.log_losses(loss, losses, batch_idx, batch_size)
         return loss
+
+    def combined_losses(self, batch: dict[str, Batch]) -> dict[str, Tensor]:
+        """Losses of a dict of batches (Lightning's ``CombinedLoader``: ``{"labelled": (x, y), "unlabelled": (x,)}``):
+        each part's components, summed by name — a labelled part adds its hard-label loss, every part its terms."""
+        losses: dict[str, Tensor] = {}
+        for part in batch.values():
+            for name, value in self.compute_losses(part).items():
+                losses[name] = losses[name] + value if name in losses else value
+        return losses
 
     def log_losses(self, loss: Tensor, losses: dict[str, Tensor], batch_idx: int, batch_size: int) -> None:
         """Log ``train/loss`` and every component ``train/<name>`` — on the steps where they can be read.
@@ -254,7 +262,7 @@ class DistillationModule(L.LightningModule):
         self.skipped_steps += 1
         skipped = message.replace("To skip such steps instead of stopping, set", "Skipped, as set by")
         warnings.warn(skipped, stacklevel=2)
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch[1]))
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batches.size_of(batches.parts(batch)[0]))
         return False
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -272,23 +280,24 @@ class DistillationModule(L.LightningModule):
         return performance.channels_last_batch(batch) if self.channels_last else batch
 
     def predict_step(self, batch: Batch | Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """The deployable student's logits ``[B, num_classes]`` for a batch ``(x, ...)`` or a bare input tensor."""
+        """The deployable student's logits ``[B, num_classes]`` for a batch ``(x, ...)``, a dict batch or a bare input
+        tensor."""
         batch = self.format_batch(batch)
-        return self(batch if isinstance(batch, Tensor) else batch[0])
+        return self(batch if isinstance(batch, Tensor) else batches.inputs_of(batch))
 
     def _evaluate(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
+        """Update and log the ``stage`` metrics of the student's output kind (see :mod:`~.evaluation`)."""
         batch = self.format_batch(batch)
-        target = batch[1]
         logits, teacher_logits = self.evaluation_logits(batch, stage)
-        updates: dict[str, tuple[Tensor, Tensor]] = {"acc": (logits, target)}
-        if teacher_logits is not None:
-            updates["teacher_acc"] = (teacher_logits, target)
-            updates["agreement"] = (logits, teacher_logits.argmax(dim=-1))
-            updates["kl"] = (F.log_softmax(teacher_logits.float(), -1), F.log_softmax(logits.float(), -1))
-        for name, args in updates.items():
-            metric: Metric = metrics[name]
+        target = self.targets(batch)
+        labels = target.labels if isinstance(target, TokenTargets) else target
+        tokens = target if isinstance(target, TokenTargets) else None
+        kind = evaluation.output_kind(logits, self.student_tap.output_kind)
+        updates = evaluation.evaluation_updates(kind, logits, teacher_logits, labels, tokens)
+        for name, (key, args) in updates.items():
+            metric: Metric = metrics[key]
             metric.update(*args)
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", batch_size=len(target))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", batch_size=batches.size_of(batch))
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -400,9 +409,15 @@ class DistillationModule(L.LightningModule):
             checks.check_budget(self.trainer)
             batch = self.example_batch()
             checks.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
-            sample = [item[:DRY_RUN_SAMPLES] if isinstance(item, Tensor) else item for item in batch]
-            self.dry_run(self.format_batch(sample))
-            checks.check_label_range(batch[1], self.num_classes)
+            labelled = [batches.labels_of(part) is not None for part in batches.parts(batch)]
+            if self.objective.ce_weight > 0 and not any(labelled):
+                raise missing_labels_error()
+            for part in batches.parts(batch):
+                checks.check_token_ids(part, self.networks(), self.num_classes)
+                self.dry_run(self.format_batch(batches.head(part, DRY_RUN_SAMPLES)))
+                labels = batches.labels_of(part)
+                if labels is not None and not sequences.is_sequence_batch(part):
+                    checks.check_label_range(labels, self.num_classes)
         performance.compile_in_place({name: self.networks()[name] for name in names})  # after the dry run: lazy
 
     def tapped_networks(self) -> list[tuple[str, nn.Module, FeatureTap]]:
@@ -423,7 +438,8 @@ class DistillationModule(L.LightningModule):
             )
 
     def example_batch(self) -> Batch:
-        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run.
+        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run (a dict of
+        batches from a ``CombinedLoader`` is checked part by part).
 
         ``setup`` runs the dry run on its first samples and checks every label against ``num_classes`` after it.
         """
@@ -432,15 +448,22 @@ class DistillationModule(L.LightningModule):
             loader = trainer.datamodule.train_dataloader()
         else:
             loader = trainer.fit_loop._data_source.dataloader()
+        loaders = loader if isinstance(loader, Mapping) else {None: loader}
+        batch = {name: self._first_batch(part, name) for name, part in loaders.items()}
+        for name, part in batch.items():
+            checks.check_batch(part, part=name)
+        return batch if isinstance(loader, Mapping) else batch[None]
+
+    @staticmethod
+    def _first_batch(loader: Any, name: str | None) -> Batch:
         try:
-            batch = next(iter(loader))
+            return next(iter(loader))
         except StopIteration:
+            which = f"the {name!r} training dataloader" if name is not None else "the training dataloader"
             raise ValueError(
-                "the training dataloader is empty: there is nothing to train on; check the dataset's size, "
-                "train_fraction/split settings, and that batch_size is not larger than the dataset with drop_last."
+                f"{which} is empty: there is nothing to train on; check the dataset's size, train_fraction/split "
+                f"settings, and that batch_size is not larger than the dataset with drop_last."
             ) from None
-        checks.split_batch(batch, num_classes=None)
-        return batch
 
     @torch.no_grad()
     def dry_run(self, batch: Batch) -> None:
@@ -472,14 +495,40 @@ class DistillationModule(L.LightningModule):
                 module.train(mode)
 
     def check_classes(self, student: dict[str, Tensor], teacher: dict[str, Tensor] | None) -> None:
-        """Raise before training when the student, teacher and ``num_classes`` disagree on the number of classes."""
+        """Raise before training when the student, teacher and ``num_classes`` disagree on the number of classes (or
+        tokens), or when a hard-label loss is asked of a network without logits."""
+        kind = evaluation.output_kind(student[LOGITS], self.student_tap.output_kind)
+        if kind == HIDDEN:
+            if self.objective.ce_weight > 0:
+                raise ValueError(
+                    f"the student returns hidden states {tuple(student[LOGITS].shape)} (a model without logits, such "
+                    f"as a Hugging Face BertModel), so there is no hard-label loss to compute but ce_weight="
+                    f"{self.objective.ce_weight:g}; set ce_weight: 0 (hidden-state terms only), or give the model a "
+                    f"head (kd_lightning.models.text with task: masked_lm or causal_lm)."
+                )
+            return
         student_classes = student[LOGITS].shape[-1]
         if teacher is not None and teacher[LOGITS].shape[-1] != student_classes:
+            if kind == evaluation.TOKENS:
+                raise ValueError(
+                    f"teacher and student must share a vocabulary but the teacher predicts "
+                    f"{teacher[LOGITS].shape[-1]} tokens and the student {student_classes}; build the student for the "
+                    f"teacher's tokenizer: kd_lightning.models.text.student_from_teacher, or model_from_config with "
+                    f"vocab_size: {teacher[LOGITS].shape[-1]}."
+                )
             raise ValueError(
                 f"teacher and student must predict the same classes but the teacher has "
                 f"{teacher[LOGITS].shape[-1]} outputs and the student {student_classes}; set the same num_classes "
                 f"in both networks' init_args."
             )
+        if kind == evaluation.TOKENS:
+            if student_classes < self.num_classes:
+                raise ValueError(
+                    f"the student predicts {student_classes} tokens but the data's tokenizer has num_classes="
+                    f"{self.num_classes} tokens; build the model for that tokenizer (model_from_config vocab_size: "
+                    f"{self.num_classes}), or use the tokenizer the model was trained with."
+                )
+            return
         if student_classes != self.num_classes:
             raise ValueError(
                 f"expected the student to output num_classes={self.num_classes} logits but it has "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kd_lightning.batches import METADATA
 from kd_lightning.objective import DistillTerm
 
 
@@ -91,16 +92,23 @@ def check_something_to_learn(ce_weight: float, term_weights: Sequence[float], mo
 
 
 # ----------------------------------------------------------------- the first batch
-def split_batch(batch: Any, num_classes: int | None, needs_labels: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Check a training batch's structure and values; return its inputs ``[B, ...]`` and labels ``[B]``.
+def check_batch(batch: Any, part: str | None = None) -> None:
+    """Check a training batch's structure and values before the first step (see :mod:`kd_lightning.batches`).
 
-    Expected: a tuple or list ``(x, y)`` or ``(x, y, index)`` of tensors with the same first dimension, ``x``
-    floating point and finite, ``y`` integer class indices (in ``[0, num_classes)`` unless ``num_classes`` is None).
+    Expected: a tuple or list ``(x,)``, ``(x, y)`` or ``(x, y, index)`` of tensors with the same first dimension,
+    ``x`` floating point and finite, ``y`` integer class indices (``-100`` = unlabelled); or a dict of tensors
+    (``input_ids`` ``[B, L]`` integer, ``attention_mask`` ``[B, L]``, optional ``labels``, ``pixel_values``, ...).
+    ``part`` names the loader of a combined batch, for the message.
     """
-    if isinstance(batch, Tensor) or not isinstance(batch, (tuple, list)) or len(batch) < (2 if needs_labels else 1):
+    where = f"the {part!r} loader's " if part is not None else ""
+    if isinstance(batch, Mapping):
+        _check_dict_batch(batch, where)
+        return
+    if isinstance(batch, Tensor) or not isinstance(batch, (tuple, list)) or not batch:
         raise ValueError(
-            f"expected training batches (x, y) or (x, y, index) but got {_describe(batch)}; make the dataset's "
-            f"__getitem__ return (input, label) and keep the default collate function."
+            f"expected {where}training batches (x,), (x, y) or (x, y, index) — or dicts of tensors such as "
+            f"{{input_ids, attention_mask, labels}} — but got {_describe(batch)}; make the dataset's __getitem__ "
+            f"return (input, label) and keep the default collate function."
         )
     inputs = batch[0]
     if not isinstance(inputs, Tensor):
@@ -108,26 +116,79 @@ def split_batch(batch: Any, num_classes: int | None, needs_labels: bool = True) 
     if not (inputs.is_floating_point() or inputs.is_complex()):
         raise ValueError(
             f"expected floating-point inputs but got a {inputs.dtype} tensor of shape {tuple(inputs.shape)}; "
-            f"convert images to float (e.g. torchvision's ToTensor / `x.float() / 255`) in the dataset."
+            f"convert images to float (e.g. torchvision's ToTensor / `x.float() / 255`) in the dataset (token ids go "
+            f"in dict batches: {{input_ids, attention_mask, labels}})."
         )
-    _check_finite(inputs, "inputs (the batch's first item)")
+    _check_finite(inputs, f"{where}inputs (the batch's first item)")
     if len(batch) < 2:
-        return inputs, None
+        return
     target = batch[1]
     if not isinstance(target, Tensor):
         raise ValueError(f"expected the batch's second item (the labels) to be a Tensor but got {_describe(target)}.")
     if target.is_floating_point() or target.ndim != 1 or len(target) != len(inputs):
         raise ValueError(
             f"expected integer class labels of shape ({len(inputs)},) but got a {target.dtype} tensor of shape "
-            f"{tuple(target.shape)}; the dataset must return class indices (not one-hot or soft labels), one per input."
+            f"{tuple(target.shape)}; the dataset must return class indices (not one-hot or soft labels), one per input "
+            f"(-100 for an unlabelled sample; a label-free transfer set returns (x,) alone)."
         )
-    if num_classes is not None:
-        check_label_range(target, num_classes)
-    return inputs, target
+
+
+def _check_dict_batch(batch: Mapping[str, Any], where: str) -> None:
+    """A dict batch: tensors only, ``input_ids`` integer ``[B, L]``, masks and labels of matching shapes."""
+    not_tensors = sorted(key for key, value in batch.items() if not isinstance(value, Tensor))
+    if not_tensors:
+        raise ValueError(
+            f"expected {where}dict batches of tensors but {not_tensors} are not tensors; collate every field into a "
+            f"tensor (e.g. a tokenizer's padding collator, or kd_lightning.data.text.TextDataModule)."
+        )
+    inputs = {key: value for key, value in batch.items() if key not in METADATA}
+    if not inputs:
+        raise ValueError(
+            f"expected {where}dict batches with model inputs (input_ids, attention_mask, pixel_values, ...) but got "
+            f"only {sorted(batch)}."
+        )
+    ids = batch.get("input_ids")
+    if ids is not None and (ids.is_floating_point() or ids.ndim != 2):
+        raise ValueError(
+            f"expected input_ids to be integer token ids of shape [B, L] but got a {ids.dtype} tensor of shape "
+            f"{tuple(ids.shape)}."
+        )
+    shape = tuple(ids.shape) if ids is not None else None
+    for key in ("attention_mask", "labels"):
+        value = batch.get(key)
+        if value is not None and shape is not None and tuple(value.shape) != shape:
+            raise ValueError(
+                f"expected {key} of the shape of input_ids {shape} but got {tuple(value.shape)}; pad both with the "
+                f"same collator."
+            )
+    for key, value in inputs.items():
+        if value.is_floating_point():
+            _check_finite(value, f"{where}input {key!r}")
+
+
+def check_token_ids(batch: Any, networks: Mapping[str, nn.Module], num_classes: int) -> None:
+    """Raise when a batch's ``input_ids`` do not fit a network's input embedding (a model built for another
+    tokenizer), naming the network, both sizes and the fix, instead of an ``IndexError`` deep inside the model."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if not isinstance(ids, Tensor) or ids.numel() == 0:
+        return
+    largest = int(ids.max())
+    for name, network in networks.items():
+        embeddings = getattr(network, "get_input_embeddings", None)
+        table = embeddings() if callable(embeddings) else None
+        size = getattr(table, "num_embeddings", None)
+        if size is not None and largest >= size:
+            raise ValueError(
+                f"the batches hold token id {largest} but the {name} embeds only {size} tokens (vocab_size {size}); "
+                f"the data's tokenizer has num_classes={num_classes} tokens: build the {name} for that tokenizer "
+                f"(model_from_config vocab_size: {num_classes}, or student_from_teacher), or use the tokenizer the "
+                f"model was trained with."
+            )
 
 
 def check_label_range(target: Tensor, num_classes: int) -> None:
-    """Raise unless every label of the first training batch is a class index in ``[0, num_classes)``."""
+    """Raise unless every label of the first training batch is a class index in ``[0, num_classes)`` or ``-100``."""
+    target = target[target != -100]
     if target.numel() == 0:
         return
     low, high = int(target.min()), int(target.max())
@@ -222,6 +283,10 @@ def describe_nonfinite(losses: Mapping[str, Tensor], batch: Any, epoch: int, ste
     """Which loss components are not finite, where (epoch, step, batch) and whether the batch's inputs are the cause."""
     bad = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
     inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+    if isinstance(batch, Mapping):
+        inputs = next(
+            (value for value in batch.values() if isinstance(value, Tensor) and value.is_floating_point()), None
+        )
     cause = ""
     if isinstance(inputs, Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         count = int((~torch.isfinite(inputs)).sum())

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
-import torch.nn.functional as F
 from rich.table import Table
 from torch import Tensor, nn
 
 from kd_lightning.features import LOGITS
 from kd_lightning.losses import LazyAdapter, kd_loss
 from kd_lightning.modules.temporal import hookless_copy
+from kd_lightning.objective import hard_label_loss
 
 
 def exit_key(layer: str) -> str:
@@ -145,16 +145,19 @@ class BYOTExits(nn.Module):
         deepest = global_pool(outputs[self.feature_layer])
         return {layer: self.heads[exit_key(layer)](outputs[layer], deepest, outputs[LOGITS]) for layer in self.layers}
 
-    def losses(self, outputs: Mapping[str, Tensor], target: Tensor, label_smoothing: float = 0.0) -> dict[str, Tensor]:
-        """Weighted losses ``{"exit_ce_<layer>", "exit_kd_<layer>", "exit_hint_<layer>"}``; teacher side detached."""
+    def losses(
+        self, outputs: Mapping[str, Tensor], target: Tensor | None, label_smoothing: float = 0.0
+    ) -> dict[str, Tensor]:
+        """Weighted losses ``{"exit_ce_<layer>", "exit_kd_<layer>", "exit_hint_<layer>"}``; teacher side detached.
+        A label-free batch (``target=None``) has no ``exit_ce``; unlabelled samples (``-100``) are skipped by it."""
         teacher_logits = outputs[LOGITS].detach()
         teacher_features = global_pool(outputs[self.feature_layer]).detach().float()
         losses: dict[str, Tensor] = {}
         for layer, (hidden, logits) in self(outputs).items():
             key = exit_key(layer)
-            ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
             hint = (hidden.float() - teacher_features).pow(2).sum(dim=1).mean()
-            losses[f"exit_ce_{key}"] = (1.0 - self.alpha) * ce
+            if target is not None and self.alpha < 1.0:
+                losses[f"exit_ce_{key}"] = (1.0 - self.alpha) * hard_label_loss(logits, target, label_smoothing)
             losses[f"exit_kd_{key}"] = self.alpha * kd_loss(logits, teacher_logits, self.temperature)
             losses[f"exit_hint_{key}"] = self.hint_weight * hint
         return losses

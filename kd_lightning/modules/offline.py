@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kd_lightning import batches
 from kd_lightning.cache import TeacherCache
 from kd_lightning.features import FeatureTap
 from kd_lightning.losses import KDLoss
@@ -210,11 +211,14 @@ class OfflineDistillation(DistillationModule):
                 f"set_student_normalization((mean, std)) first, or {SET_STUDENT_STATS}"
             )
         with torch.no_grad():
-            x = batch[0] if self.teacher_input is None else self.teacher_input(batch[0])
+            inputs = batches.inputs_of(batch)
+            if self.teacher_input is not None:
+                inputs = self.teacher_input(inputs)
             if self.teacher_dtype is None:
-                return self.teacher_tap(x)
-            with torch.autocast(x.device.type, enabled=False):
-                return performance.outputs_in_float32(self.teacher_tap(performance.cast_input(x, self.teacher_dtype)))
+                return batches.call(self.teacher_tap, inputs)
+            cast = batches.map_inputs(batch, lambda x: performance.cast_input(x, self.teacher_dtype))
+            with torch.autocast(self.device.type, enabled=False):
+                return performance.outputs_in_float32(batches.call(self.teacher_tap, batches.inputs_of(cast)))
 
     def networks(self) -> dict[str, nn.Module]:
         """The student and the frozen teacher (what ``compile`` can name)."""

@@ -15,12 +15,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kd_lightning import batches
 from kd_lightning.features import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
 from kd_lightning.modules import performance
 from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
 from kd_lightning.modules.checks import check_something_to_learn
-from kd_lightning.objective import DistillTerm, Objective
+from kd_lightning.objective import DistillTerm, Objective, Target
 
 PeerOutputs = dict[str, dict[str, Tensor]]
 PEER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -248,17 +249,19 @@ class OnlineDistillation(DistillationModule):
 
     def cohort_outputs(self, batch: Batch) -> PeerOutputs:
         """Every peer's logits ``[B, C]`` and tapped features: ``{peer: {"logits": ..., "<module path>": ...}}``."""
-        return {name: tap(batch[0]) for name, tap in self.taps.items()}
+        inputs = batches.inputs_of(batch)
+        return {name: batches.call(tap, inputs) for name, tap in self.taps.items()}
 
     def ensemble_target(self, outputs: PeerOutputs) -> dict[str, Tensor]:
         """KDCL-naive target, detached: ``{"logits": mean_k logits_k}`` of shape ``[B, C]``."""
         return {LOGITS: torch.stack([out[LOGITS].float() for out in outputs.values()]).mean(0).detach()}
 
     # ----------------------------------------------------------------- losses
-    def peer_losses(self, name: str, outputs: PeerOutputs, target: Tensor) -> dict[str, Tensor]:
-        """Peer ``name``'s weighted losses: ``{"ce_<name>", "<term>_<name>", "ensemble_<term>_<name>"}``."""
+    def peer_losses(self, name: str, outputs: PeerOutputs, target: Target) -> dict[str, Tensor]:
+        """Peer ``name``'s weighted losses: ``{"ce_<name>", "<term>_<name>", "ensemble_<term>_<name>"}`` (no
+        ``ce_<name>`` with ``ce_weight=0``)."""
         own, epoch = outputs[name], self.current_epoch
-        losses = {f"ce_{name}": self.objective(own, None, target)["ce"]}
+        losses = {f"ce_{name}": value for value in self.objective(own, None, target).values()}
         for term_name, by_source in self.links[name].items():
             values = [term(own, outputs[source], target, epoch) for source, term in by_source.items()]
             losses[f"{term_name}_{name}"] = torch.stack(values).mean()
@@ -268,14 +271,14 @@ class OnlineDistillation(DistillationModule):
                 losses[f"{ENSEMBLE}_{term_name}_{name}"] = term(own, ensemble, target, epoch)
         return losses
 
-    def cohort_losses(self, outputs: PeerOutputs, target: Tensor) -> dict[str, Tensor]:
+    def cohort_losses(self, outputs: PeerOutputs, target: Target) -> dict[str, Tensor]:
         """Every peer's losses in one dict (their sum is the training loss)."""
         return {
             key: value for name in self.peer_names for key, value in self.peer_losses(name, outputs, target).items()
         }
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
-        return self.cohort_losses(self.cohort_outputs(batch), batch[1])
+        return self.cohort_losses(self.cohort_outputs(batch), self.targets(batch))
 
     # ----------------------------------------------------------------- evaluation
     def reference_logits(self, logits: dict[str, Tensor]) -> Tensor:
@@ -283,16 +286,22 @@ class OnlineDistillation(DistillationModule):
         return torch.stack([logits[name].float() for name in self.peers]).mean(0)
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
+        inputs = batches.inputs_of(batch)
         with torch.no_grad():
-            return {LOGITS: self.reference_logits({name: self.taps[name](batch[0])[LOGITS] for name in self.peers})}
+            logits = {name: batches.call(self.taps[name], inputs)[LOGITS] for name in self.peers}
+            return {LOGITS: self.reference_logits(logits)}
 
     def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
-        """One pass of every peer: logs ``<stage>/acc_<peer>``; returns the student's and the reference logits."""
-        logits = {name: tap(batch[0])[LOGITS] for name, tap in self.taps.items()}
-        metrics = self.val_peer_acc if stage == "val" else self.test_peer_acc
-        for name, value in logits.items():
-            metrics[name].update(value, batch[1])
-            self.log(f"{stage}/acc_{name}", metrics[name], batch_size=len(batch[1]))
+        """One pass of every peer: logs ``<stage>/acc_<peer>`` (class labels only); returns the student's and the
+        reference logits."""
+        inputs = batches.inputs_of(batch)
+        logits = {name: batches.call(tap, inputs)[LOGITS] for name, tap in self.taps.items()}
+        labels = batches.labels_of(batch)
+        if labels is not None and labels.ndim == 1:
+            metrics = self.val_peer_acc if stage == "val" else self.test_peer_acc
+            for name, value in logits.items():
+                metrics[name].update(value, labels)
+                self.log(f"{stage}/acc_{name}", metrics[name], batch_size=len(labels))
         return logits[self.student_name], self.reference_logits(logits)
 
     # ----------------------------------------------------------------- checks before training
@@ -302,7 +311,7 @@ class OnlineDistillation(DistillationModule):
         with self.temporarily_in_eval_mode():
             outputs = self.cohort_outputs(batch)
             self.check_cohort_classes(outputs)
-            self.cohort_losses(outputs, batch[1])
+            self.cohort_losses(outputs, self.targets(batch))
 
     def check_cohort_classes(self, outputs: PeerOutputs) -> None:
         """Raise when the peers predict different numbers of classes, or the student not ``num_classes``."""
@@ -311,6 +320,6 @@ class OnlineDistillation(DistillationModule):
             found = ", ".join(f"{name} {count}" for name, count in classes.items())
             raise ValueError(
                 f"expected every peer to predict the same classes but the numbers of outputs are: {found}; "
-                f"set the same num_classes in every peer's init_args."
+                f"set the same num_classes (vocab_size for language models) in every peer's init_args."
             )
         self.check_classes(outputs[self.student_name], None)

@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from rich.console import Console
 from torch import Tensor, nn
 
+from kd_lightning import batches
 from kd_lightning.features import LOGITS, FeatureTap, resolve_module
 from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule, accuracy_metrics
 from kd_lightning.modules.checks import check_network
@@ -139,12 +140,15 @@ class SelfDistillation(DistillationModule):
         return self.teacher.outputs(batch)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
-        student, target = self.student_outputs(batch), batch[1]
+        student, target = self.student_outputs(batch), self.targets(batch)
         if self.exits is not None:
             losses = self.objective(student, student, target, self.current_epoch)
             return {**losses, **self.exits.losses(student, target, self.objective.label_smoothing)}
         if self.teacher.records_predictions:
-            self._pending_predictions = (batch[2], F.log_softmax(student[LOGITS].detach().float(), dim=-1))
+            self._pending_predictions = (
+                batches.index_of(batch),
+                F.log_softmax(student[LOGITS].detach().float(), dim=-1),
+            )
         if not self.teacher.is_teaching:
             return self.hard_labels(student, None, target)
         losses = self.objective(student, self.teacher.outputs(batch), target, self.current_epoch)
@@ -152,12 +156,12 @@ class SelfDistillation(DistillationModule):
         return {name: value * (ce_scale if name == "ce" else term_scale) for name, value in losses.items()}
 
     def eval_teacher_logits(self, batch: Batch) -> Tensor | None:
-        return None if self.teacher is None else self.teacher.eval_logits(batch[0])
+        return None if self.teacher is None else self.teacher.eval_logits(batches.inputs_of(batch))
 
     def dry_run(self, batch: Batch) -> None:
         """The base checks, then build the exits (before the optimizer) and check the teacher's schedule."""
         super().dry_run(batch)
-        self._example_input = batch[0]
+        self._example_input = batches.inputs_of(batch)
         if self.teacher is not None:
             self.teacher.loss_scales(0, self._max_epochs())
         if self.exits is not None:
@@ -211,13 +215,16 @@ class SelfDistillation(DistillationModule):
         if self.exits is None:
             return super().evaluation_logits(batch, stage)
         if self._example_input is None:
-            self._example_input = batch[0][:DRY_RUN_SAMPLES]
-        outputs = self.student_tap(batch[0])
+            self._example_input = batches.inputs_of(batches.head(batch, DRY_RUN_SAMPLES))
+        outputs = batches.call(self.student_tap, batches.inputs_of(batch))
+        labels = batches.labels_of(batch)
         metrics = self.val_exit_metrics if stage == "val" else self.test_exit_metrics
         for layer, (_, logits) in self.exits(outputs).items():
+            if labels is None:
+                break
             metric = metrics[exit_key(layer)]
-            metric.update(logits, batch[1])
-            self.log(f"{stage}/acc_exit_{exit_key(layer)}", metric, batch_size=len(batch[1]))
+            metric.update(logits, labels)
+            self.log(f"{stage}/acc_exit_{exit_key(layer)}", metric, batch_size=len(labels))
         return outputs[LOGITS], None
 
     def exit_logits(self, inputs: Tensor) -> dict[str, Tensor]:

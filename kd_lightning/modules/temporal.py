@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_lightning import batches
+from kd_lightning.batches import Batch, Inputs
 from kd_lightning.features import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
 from kd_lightning.objective import DistillTerm
 from kd_lightning.teacher import freeze
 
-Batch = Sequence[Tensor]
 LOG_ZERO = -1e4
 """Log-probability standing for probability 0 in one-hot targets (finite, so KL terms stay finite)."""
 
@@ -77,7 +78,7 @@ class TemporalTeacher(nn.Module):
         """Teacher outputs for a training batch: ``{"logits": [B, C], "<layer>": feature, ...}`` (no gradient)."""
         raise NotImplementedError
 
-    def eval_logits(self, inputs: Tensor) -> Tensor | None:
+    def eval_logits(self, inputs: Inputs) -> Tensor | None:
         """Teacher logits for validation metrics, or ``None`` when the teacher cannot predict unseen inputs."""
         return None
 
@@ -111,10 +112,12 @@ class _FrozenStudentCopy(TemporalTeacher):
 
     def outputs(self, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():
-            return self._tap(batch[0])
+            return batches.call(self._tap, batches.inputs_of(batch))
 
-    def eval_logits(self, inputs: Tensor) -> Tensor | None:
-        return self.outputs([inputs])[LOGITS] if self.is_teaching else None
+    def eval_logits(self, inputs: Inputs) -> Tensor | None:
+        if not self.is_teaching:
+            return None
+        return self.outputs(inputs if isinstance(inputs, Mapping) else [inputs])[LOGITS]
 
     def train(self, mode: bool = True) -> _FrozenStudentCopy:
         """The copy stays in eval mode whatever ``mode`` (BatchNorm uses its stored statistics, no dropout)."""
@@ -270,13 +273,19 @@ class PSKDTeacher(TemporalTeacher):
         return 1.0 - alpha, alpha
 
     def outputs(self, batch: Batch) -> dict[str, Tensor]:
-        if len(batch) < 3:
+        index, target = batches.index_of(batch), batches.labels_of(batch)
+        if index is None:
             raise ValueError(
                 "PS-KD keeps each training sample's previous prediction and needs batches (x, y, index) but got "
                 "batches without sample indices; set `return_index: true` on the datamodule "
                 "(DigitsDataModule(return_index=True))."
             )
-        index, target = batch[2], batch[1]
+        if target is None or target.ndim != 1 or bool((target < 0).any()):
+            raise ValueError(
+                "PS-KD's targets mix each sample's label with its previous prediction, so every training sample needs "
+                "a class label but the batch has unlabelled samples (no labels, or -100); use an EMATeacher or "
+                "SnapshotTeacher on a transfer set without labels."
+            )
         if index.is_floating_point() or index.shape != target.shape:
             raise ValueError(
                 f"expected integer sample indices of shape {tuple(target.shape)} as the batch's third item but got a "
@@ -298,7 +307,7 @@ class PSKDTeacher(TemporalTeacher):
     def targets(self, batch: Batch, epoch: int, max_epochs: int | None) -> Tensor:
         """PS-KD's soft targets ``(1 - a_t) * y + a_t * p_{t-1}(x)`` ``[B, C]`` for this batch."""
         alpha = self.alpha(epoch, max_epochs)
-        one_hot = F.one_hot(batch[1].long(), self.num_classes).float()
+        one_hot = F.one_hot(batches.labels_of(batch).long(), self.num_classes).float()
         return (1.0 - alpha) * one_hot + alpha * self.outputs(batch)[LOGITS].exp()
 
     def record(self, index: Tensor, log_probs: Tensor) -> None:
