@@ -1,4 +1,5 @@
-"""Local directories of pretrained models and tokenizers: a path, or a folder shipped inside an installed package.
+"""Local directories of pretrained models and tokenizers (a path, or a folder shipped inside an installed package),
+and the optional ``transformers`` import.
 
 kd_lightning never downloads: a Hugging Face model or tokenizer is read from a local directory. ``package:`` names a
 folder inside an installed Python package, so a config can point at weights a pip package ships
@@ -10,9 +11,12 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 PACKAGE_PREFIX = "package:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+BARE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+"""A Hub id without an owner (``gpt2``, ``bert-base-uncased``): it looks like a relative path."""
 
 
 class LocalDirectoryError(FileNotFoundError):
@@ -60,6 +64,12 @@ def local_directory(spec: str | Path, what: str = "model", field: str = "path") 
             f"{what}s from local directories only (no network). On a machine with a network run "
             f"`huggingface-cli download {text} --local-dir DIR`, copy DIR here and set {field}: DIR."
         )
+    if not text.startswith(PACKAGE_PREFIX) and BARE_NAME.match(text):
+        raise LocalDirectoryError(
+            f"{field}: the {what} directory {str(path)!r} does not exist. If {text!r} is a Hugging Face Hub id: "
+            f"kd_lightning loads {what}s from local directories only (no network); on a machine with a network run "
+            f"`huggingface-cli download {text} --local-dir DIR`, copy DIR here and set {field}: DIR."
+        )
     parent = path.parent
     nearby = sorted(p.name for p in parent.iterdir() if p.is_dir())[:6] if parent.is_dir() else []
     hint = f" (folders in {str(parent)!r}: {', '.join(nearby)})" if nearby else ""
@@ -67,3 +77,15 @@ def local_directory(spec: str | Path, what: str = "model", field: str = "path") 
         f"{field}: the {what} directory {str(path)!r} does not exist{hint}; pass a directory holding the {what}'s "
         f"files (config.json and weights for a model, tokenizer.json or vocab files for a tokenizer)."
     )
+
+
+def require_transformers(what: str) -> Any:
+    """The ``transformers`` module, or an ImportError saying ``what`` needs it and which extra installs it."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            f"{what} needs the Hugging Face transformers library, which is not installed: "
+            f"pip install 'kd_lightning[text]'"
+        ) from error
+    return transformers

@@ -33,7 +33,7 @@ COUNT_KEYS = ("labelled", "labelled_next", "real", "real_next")
 """The four token counts of a batch (:func:`token_counts`): unshifted and shifted by one (causal LMs)."""
 WINDOW_COUNTS = "window_token_counts"
 """Batch key of the :func:`token_counts` summed over the micro-batches of the batch's gradient-accumulation window
-(added by :class:`~kd_lightning.data.text.TokenWindowLoader`); metadata, never a model input."""
+(added by :class:`~kd_lightning.data.token_window.TokenWindowLoader`); metadata, never a model input."""
 
 
 def is_causal_lm(network: nn.Module) -> bool:
@@ -81,7 +81,7 @@ def token_counts(labels: Tensor | None, attention_mask: Tensor | None, shape: tu
     """Counts ``[4]`` (int64) of the positions of :data:`COUNT_KEYS` in one batch (0 for labels it lacks).
 
     A loader that looks ahead over a gradient-accumulation window sums them over the window's batches
-    (:class:`~kd_lightning.data.text.TokenWindowLoader`), which makes the normalisers exact under accumulation.
+    (:class:`~kd_lightning.data.token_window.TokenWindowLoader`), which makes the normalisers exact under accumulation.
 
     Example:
         >>> token_counts(torch.tensor([[-100, 5, 6, -100]]), torch.tensor([[1, 1, 1, 0]]), (1, 4)).tolist()

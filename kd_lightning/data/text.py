@@ -25,10 +25,7 @@ which makes per-token losses exact means over the effective batch.
 from __future__ import annotations
 
 import itertools
-import json
-import re
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,213 +33,23 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from kd_lightning.data.base import SplitDataModule
-from kd_lightning.data.resumable import ResumableDataLoader, _Positioned, derive_seed
-from kd_lightning.local_paths import PACKAGE_PREFIX, LocalDirectoryError, local_directory
-from kd_lightning.tokens import IGNORE_INDEX, WINDOW_COUNTS, token_counts
+from kd_lightning.data.corpus import (
+    CORPORA,
+    UNITS,
+    check_choice,
+    load_tokenizer,
+    python_help_corpus,
+    split_indices,
+    text_units,
+)
+from kd_lightning.data.resumable import derive_seed
+from kd_lightning.data.token_window import TokenWindowLoader
+from kd_lightning.tokens import IGNORE_INDEX
 
 TASKS = ("mlm", "clm", "none")
-UNITS = ("paragraph", "line", "sentence")
-CORPORA = ("python_help",)
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
-"""The special tokens of :func:`train_bpe_tokenizer`, with ids 0-4 in this order."""
-SPLITS = ("train", "val", "test")
-_BARE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
-_WHITESPACE = re.compile(r"\s+")
-
-
-# ----------------------------------------------------------------- corpus
-def python_help_corpus() -> list[str]:
-    """The text of every help topic of this Python (``help('topics')``), one string per topic, sorted by topic name.
-
-    Every CPython installation ships it (``pydoc_data.topics.topics``): English prose about Python, offline. It
-    depends on the Python version; Python 3.11.7 gives 79 topics, 464,970 characters and 2,331 paragraphs of at least
-    20 characters (:func:`text_units`).
-
-    Example:
-        >>> topics = python_help_corpus()
-        >>> len(topics) > 50 and "assert" in topics[0]
-        True
-    """
-    try:
-        from pydoc_data.topics import topics
-    except ImportError as error:
-        raise ImportError(
-            "corpus: python_help reads pydoc_data.topics, which this Python installation lacks (some Linux "
-            "distributions split it into a separate package); install it or give the texts with files or texts."
-        ) from error
-    return [topics[name] for name in sorted(topics)]
-
-
-def _paragraphs(text: str) -> list[str]:
-    return [_WHITESPACE.sub(" ", block).strip() for block in _BLANK_LINE.split(text)]
-
-
-def text_units(texts: Sequence[str], unit: str = "paragraph", min_chars: int = 20) -> list[str]:
-    """The samples of a corpus: its texts cut into paragraphs, lines or sentences, whitespace collapsed.
-
-    Args:
-        texts: the documents.
-        unit: ``paragraph`` (blank-line separated), ``line`` or ``sentence`` (a paragraph split after ``.``, ``!`` or
-            ``?`` followed by whitespace; a simple rule, so "e.g. this" is split too).
-        min_chars: units shorter than this (after collapsing whitespace) are dropped.
-
-    Example:
-        >>> text_units(["First one. Second one!\\n\\n  Next   paragraph here."], unit="sentence", min_chars=5)
-        ['First one.', 'Second one!', 'Next paragraph here.']
-    """
-    _check_choice(unit, UNITS, "unit")
-    if unit == "line":
-        units = [_WHITESPACE.sub(" ", line).strip() for text in texts for line in text.splitlines()]
-    else:
-        units = [paragraph for text in texts for paragraph in _paragraphs(text)]
-        if unit == "sentence":
-            units = [sentence for paragraph in units for sentence in _SENTENCE_END.split(paragraph)]
-    return [text for text in units if text and len(text) >= min_chars]
-
-
-def split_indices(count: int, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, list[int]]:
-    """A seeded random split of ``range(count)`` into train/val/test, each in increasing order.
-
-    ``count * fraction`` units (rounded half up) go to validation and to test (the first ones of a permutation drawn
-    from ``seed``), the rest to training; a split that would be empty is an error naming the counts.
-
-    Example:
-        >>> parts = split_indices(20, 0.1, 0.1, seed=0)
-        >>> [len(parts[name]) for name in ("train", "val", "test")], sorted(sum(parts.values(), [])) == list(range(20))
-        ([16, 2, 2], True)
-    """
-    sizes = {"val": int(count * val_fraction + 0.5), "test": int(count * test_fraction + 0.5)}
-    sizes["train"] = count - sizes["val"] - sizes["test"]
-    empty = [name for name in SPLITS if sizes[name] < 1]
-    if empty:
-        raise ValueError(
-            f"expected at least one text unit in every split but got {count} units -> train {sizes['train']}, val "
-            f"{sizes['val']}, test {sizes['test']} (val_fraction={val_fraction}, test_fraction={test_fraction}); "
-            f"give more text, raise the fractions, choose a smaller unit or lower min_chars."
-        )
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed))).tolist()
-    val, test = order[: sizes["val"]], order[sizes["val"] : sizes["val"] + sizes["test"]]
-    train = order[sizes["val"] + sizes["test"] :]
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
-
-
-def _check_choice(value: str, valid: tuple[str, ...], field: str) -> None:
-    if value not in valid:
-        raise ValueError(f"expected {field} in {list(valid)} but got {value!r}; pick one of them.")
-
-
-# ----------------------------------------------------------------- tokenizers
-def _transformers(what: str) -> Any:
-    """The ``transformers`` module, or an ImportError saying which extra installs it."""
-    try:
-        import transformers
-    except ImportError as error:
-        raise ImportError(
-            f"{what} needs the Hugging Face transformers library, which is not installed: "
-            f"pip install 'kd_lightning[text]'"
-        ) from error
-    return transformers
-
-
-def _tokenizer_directory(spec: str, field: str) -> Path:
-    """The local tokenizer directory ``spec`` names; a bare missing name (``bert-base-uncased``) gets the Hub hint."""
-    try:
-        return local_directory(spec, "tokenizer", field=field)
-    except LocalDirectoryError as error:
-        if spec.startswith(PACKAGE_PREFIX) or not _BARE_NAME.match(spec) or "local directories only" in str(error):
-            raise
-        raise LocalDirectoryError(
-            f"{error} If {spec!r} is a Hugging Face Hub id: kd_lightning loads tokenizers from local directories "
-            f"only (no network); on a machine with a network run `huggingface-cli download {spec} --local-dir DIR`, "
-            f"copy DIR here and set {field}: DIR."
-        ) from None
-
-
-def load_tokenizer(spec: str, field: str = "tokenizer") -> Any:
-    """A Hugging Face tokenizer from a local directory or ``package:<module>/<folder>``, offline.
-
-    Args:
-        spec: the directory (``tokenizer.json``/vocab files and ``tokenizer_config.json``, as ``save_pretrained``
-            writes them).
-        field: the config field holding ``spec``, for error messages.
-
-    Returns:
-        ``AutoTokenizer.from_pretrained(directory, local_files_only=True)``.
-    """
-    directory = _tokenizer_directory(str(spec), field)
-    transformers = _transformers(f"{field}: loading the tokenizer {str(spec)!r}")
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except (OSError, ValueError) as error:
-        files = ", ".join(sorted(path.name for path in directory.iterdir())[:8]) or "none"
-        raise ValueError(
-            f"{field}: expected a tokenizer directory but AutoTokenizer cannot load {str(directory)!r} (files: "
-            f"{files}): {error}; pass a folder written by save_pretrained (tokenizer.json, tokenizer_config.json)."
-        ) from error
-
-
-def train_bpe_tokenizer(texts: list[str], directory: str, vocab_size: int = 4096) -> str:
-    """Train a byte-level BPE tokenizer (GPT-2's scheme) on ``texts`` and save it where ``AutoTokenizer`` loads it.
-
-    Offline and deterministic (the same texts give the same ``tokenizer.json``). The special tokens are
-    :data:`SPECIAL_TOKENS` (ids 0-4: pad, unk, bos, eos, mask); every encoded text ends with ``</s>``, so the units of
-    a packed block stay separated. The folder holds ``tokenizer.json`` and ``tokenizer_config.json``
-    (``PreTrainedTokenizerFast``). The shipped ``checkpoints/text/python_help_bpe`` (4,096 ids, about 270 kB) was made
-    from the paragraphs of this Python's help topics (Python 3.11) with::
-
-        python -c "from kd_lightning.data.text import *; \\
-        train_bpe_tokenizer(text_units(python_help_corpus()), 'checkpoints/text/python_help_bpe')"
-
-    Args:
-        texts: the training texts (e.g. :func:`text_units` of a corpus).
-        directory: the output folder (created).
-        vocab_size: the number of ids, special tokens and the 256 byte symbols included.
-
-    Returns:
-        ``directory``.
-    """
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(
-            f"expected vocab_size >= {256 + len(SPECIAL_TOKENS)} (the 256 bytes and {len(SPECIAL_TOKENS)} special "
-            f"tokens) but got {vocab_size}; raise it."
-        )
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    eos = SPECIAL_TOKENS[3]
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))]
-    )
-    pad, unk, bos, _, mask = SPECIAL_TOKENS
-    wrapped = _transformers("train_bpe_tokenizer").PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=pad, unk_token=unk, bos_token=bos, eos_token=eos, mask_token=mask
-    )
-    wrapped.save_pretrained(directory)
-    _name_generic_class(Path(directory) / "tokenizer_config.json")
-    return directory
-
-
-def _name_generic_class(config_file: Path) -> None:
-    """Record ``PreTrainedTokenizerFast`` as the class (transformers 5 writes its new alias ``TokenizersBackend``,
-    which transformers 4 cannot load; both load the generic name)."""
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------- samples
@@ -325,7 +132,7 @@ class TokenDataset(Dataset):
         return_index: bool = False,
         seed: int = 0,
     ) -> None:
-        _check_choice(task, TASKS, "task")
+        check_choice(task, TASKS, "task")
         if task == "mlm" and masking is None:
             raise ValueError("expected a Masking for task='mlm' but got masking=None; pass one (TextDataModule does).")
         self.sequences, self.task, self.masking = sequences, task, masking
@@ -407,120 +214,6 @@ class TokenCollator:
         return batch
 
 
-# ----------------------------------------------------------------- the training loader
-def _batch_counts(batch: Any) -> Tensor:
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise TypeError(
-            f"expected dict batches with input_ids (and attention_mask, labels) from a TokenWindowLoader but got "
-            f"{type(batch).__name__}; give it a collate_fn that returns such dicts (TokenCollator), or use "
-            f"ResumableDataLoader for other batches."
-        )
-    return token_counts(batch.get("labels"), batch.get("attention_mask"), tuple(batch["input_ids"].shape[:2]))
-
-
-def add_window_counts(batches: Sequence[Mapping[str, Tensor]]) -> None:
-    """Set ``batch[WINDOW_COUNTS]`` of every batch to the sum of :func:`~kd_lightning.tokens.token_counts` over all."""
-    total = torch.stack([_batch_counts(batch) for batch in batches]).sum(0)
-    for batch in batches:
-        batch[WINDOW_COUNTS] = total.clone()
-
-
-class _WindowPass(_Positioned):
-    """One pass of a :class:`TokenWindowLoader`: reads the batches of a window together, then yields them one by one.
-
-    ``loader._batches`` counts the batches yielded (not the ones read ahead), so ``state_dict`` stays the consumer's
-    position; the epoch position of the next batch read is :attr:`position`.
-    """
-
-    def __init__(self, loader: TokenWindowLoader) -> None:
-        super().__init__(loader)
-        self.ready: deque[Any] = deque()
-        self.position = 0
-        self.exhausted = False
-
-    def _read(self) -> Any:
-        if self.exhausted:
-            raise StopIteration
-        if self.iterator is None:
-            self.iterator = self.loader._start_pass(self)
-            self.position = self.loader._batches  # the resumed position (0 at an epoch's start)
-        try:
-            batch = next(self.iterator)
-        except StopIteration:
-            self.exhausted = True
-            raise
-        self.position += 1
-        return batch
-
-    def _read_window(self) -> list[Any]:
-        """The batches from the next one to the end of its window (batch ``j`` of the epoch is in ``j // window``)."""
-        batches = [self._read()]
-        window = self.loader.window
-        end = ((self.position - 1) // window + 1) * window
-        while self.position < end:
-            try:
-                batches.append(self._read())
-            except StopIteration:
-                break
-        return batches
-
-    def __next__(self) -> Any:
-        if not self.ready:
-            batches = self._read_window()
-            add_window_counts(batches)
-            self.ready.extend(batches)
-        batch = self.ready.popleft()
-        if self.loader.active_pass() is self:
-            self.loader._batches += 1
-        return batch
-
-
-class TokenWindowLoader(ResumableDataLoader):
-    """A :class:`ResumableDataLoader` whose dict batches carry the token counts of their gradient-accumulation window.
-
-    It yields the same batches, but each gets ``batch[WINDOW_COUNTS]`` (:data:`~kd_lightning.tokens.WINDOW_COUNTS`):
-    the sum of :func:`~kd_lightning.tokens.token_counts` over the batches of its window, read ahead. Windows follow
-    Lightning's accumulation: batch ``j`` of the epoch belongs to window ``j // window`` (also after a mid-epoch
-    resume, whose first window is then shortened), and the last window of an epoch may be shorter. With
-    ``limit_train_batches`` not a multiple of ``window``, the trainer's last window ends earlier than the loader's.
-
-    ``len()``, ``state_dict()`` (``batches``: the batches yielded, not those read ahead) and Lightning's DDP sampler
-    injection (it re-creates the loader from its attributes, ``window`` included) work as for
-    :class:`ResumableDataLoader`.
-
-    Args:
-        dataset: a map-style dataset whose collated batches are dicts with ``input_ids`` ``[B, L]`` and optionally
-            ``attention_mask`` and ``labels`` (:class:`TokenCollator`).
-        batch_size: samples per batch.
-        shuffle: sample in a seeded, epoch-dependent random order.
-        sampler: a sampler to use instead (then ``shuffle`` must be ``False``).
-        seed: seed of the order; ``None`` is the run's seed.
-        window: batches per window: the trainer's ``accumulate_grad_batches``.
-        **kwargs: the other ``DataLoader`` arguments.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int | None = 1,
-        shuffle: bool | None = None,
-        sampler: Sampler | Iterable | None = None,
-        *,
-        seed: int | None = None,
-        window: int = 1,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(
-                f"expected window a positive integer (the trainer's accumulate_grad_batches) but got {window!r}."
-            )
-        self.window = window
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, seed=seed, **kwargs)
-
-    def __iter__(self) -> _WindowPass:
-        return _WindowPass(self)
-
-
 # ----------------------------------------------------------------- the datamodule
 def _check_sources(texts: list[str] | None, files: list[str] | None, corpus: str | None) -> None:
     given = [name for name, value in (("texts", texts), ("files", files), ("corpus", corpus)) if value is not None]
@@ -530,7 +223,7 @@ def _check_sources(texts: list[str] | None, files: list[str] | None, corpus: str
             f"{' | '.join(CORPORA)}) but got {', '.join(given) or 'none'}; set exactly one."
         )
     if corpus is not None:
-        _check_choice(corpus, CORPORA, "corpus")
+        check_choice(corpus, CORPORA, "corpus")
     for file in files or []:
         if not Path(file).is_file():
             what = "is a directory" if Path(file).is_dir() else "does not exist"
@@ -628,8 +321,8 @@ class TextDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         _check_sources(texts, files, corpus)
-        _check_choice(task, TASKS, "task")
-        _check_choice(unit, UNITS, "unit")
+        check_choice(task, TASKS, "task")
+        check_choice(unit, UNITS, "unit")
         _check_numbers(
             max_length=max_length,
             batch_size=batch_size,

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from kd_lightning.local_paths import PACKAGE_PREFIX, LocalDirectoryError, local_directory
+from kd_lightning.local_paths import local_directory, require_transformers
 
 TASKS = ("auto", "masked_lm", "causal_lm", "base")
 MODEL_TYPES = ("bert", "gpt2")
@@ -46,19 +44,6 @@ FAMILIES = (
     "GPT-2-family (layers at <base>.h, e.g. GPT2LMHeadModel, GPT2Model)",
 )
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack")
-BARE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-
-
-def _transformers(what: str) -> Any:
-    """The ``transformers`` module, or an ImportError saying which extra installs it."""
-    try:
-        import transformers
-    except ImportError as error:
-        raise ImportError(
-            f"{what} needs the Hugging Face transformers library, which is not installed: "
-            f"pip install 'kd_lightning[text]'"
-        ) from error
-    return transformers
 
 
 def _check_choice(value: str, valid: tuple[str, ...], field: str, what: str) -> None:
@@ -67,21 +52,9 @@ def _check_choice(value: str, valid: tuple[str, ...], field: str, what: str) -> 
 
 
 def _model_directory(spec: str, field: str) -> Path:
-    """The local model directory ``spec`` names, with a Hub hint for bare names like ``bert-base-uncased``.
-
-    ``local_directory`` recognises ``owner/name`` Hub ids; the Hub's legacy ids without an owner (``gpt2``,
-    ``bert-base-uncased``) look like relative paths, so a missing one gets the same "local directories only" advice.
-    """
-    try:
-        directory = local_directory(spec, "model", field=field)
-    except LocalDirectoryError as error:
-        if spec.startswith(PACKAGE_PREFIX) or not BARE_NAME.match(spec) or "local directories only" in str(error):
-            raise
-        raise LocalDirectoryError(
-            f"{error} If {spec!r} is a Hugging Face Hub id: kd_lightning loads models from local directories only "
-            f"(no network); on a machine with a network run `huggingface-cli download {spec} --local-dir DIR`, "
-            f"copy DIR here and set {field}: DIR."
-        ) from None
+    """The local model directory ``spec`` names (a missing Hub id gets the "local directories only" advice), with a
+    ``config.json`` and weights."""
+    directory = local_directory(spec, "model", field=field)
     if not (directory / "config.json").is_file():
         files = sorted(p.name for p in directory.iterdir())[:8]
         raise FileNotFoundError(
@@ -134,7 +107,7 @@ def pretrained_model(path: str, task: str = "auto") -> nn.Module:
     what = f"pretrained_model({path!r})"
     _check_choice(task, TASKS, "task", what)
     directory = _model_directory(str(path), field="path")
-    transformers = _transformers(what)
+    transformers = require_transformers(what)
     chosen = _auto_task(directory) if task == "auto" else task
     auto = {
         "masked_lm": transformers.AutoModelForMaskedLM,
@@ -207,7 +180,7 @@ def model_from_config(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"{what}: expected dropout in [0, 1) but got {dropout!r}.")
-    transformers = _transformers(what)
+    transformers = require_transformers(what)
     if model_type == "bert":
         config = transformers.BertConfig(
             vocab_size=vocab_size,

@@ -5,9 +5,9 @@ Lightning divides every micro-batch's loss by ``accumulate_grad_batches`` (``k``
 ``W`` processes. A token loss that divides its sum by ``n = N / (k * W)``, where ``N`` counts the tokens of every
 micro-batch of the accumulation window on every process, therefore has the gradient of ``sum over the window / N``:
 one big batch's mean per token, whatever the padding of each micro-batch. ``N`` comes from the counts a
-:class:`~kd_lightning.data.text.TokenWindowLoader` attaches to each batch (it looks ahead over the window), summed over
-the processes with one all-reduce; without them (another loader), each micro-batch is normalised by its own count,
-which is exact without accumulation and DDP, and a warning says so once otherwise.
+:class:`~kd_lightning.data.token_window.TokenWindowLoader` attaches to each batch (it looks ahead over the window),
+summed over the processes with one all-reduce; without them (another loader), each micro-batch is normalised by its
+own count, which is exact without accumulation and DDP, and a warning says so once otherwise.
 """
 
 from __future__ import annotations

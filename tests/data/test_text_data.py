@@ -24,18 +24,10 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from kd_lightning.data.corpus import load_tokenizer, python_help_corpus, split_indices, text_units, train_bpe_tokenizer
 from kd_lightning.data.resumable import ResumableDataLoader
-from kd_lightning.data.text import (
-    TextDataModule,
-    TokenCollator,
-    TokenDataset,
-    TokenWindowLoader,
-    load_tokenizer,
-    python_help_corpus,
-    split_indices,
-    text_units,
-    train_bpe_tokenizer,
-)
+from kd_lightning.data.text import TextDataModule, TokenCollator, TokenDataset
+from kd_lightning.data.token_window import TokenWindowLoader
 from kd_lightning.local_paths import LocalDirectoryError
 from kd_lightning.tokens import IGNORE_INDEX, WINDOW_COUNTS
 
