@@ -1,14 +1,16 @@
-"""``ExportWeights``: write the deployable network's weights (the module's ``student``) at the end of fit.
+"""Export the deployable network (the module's ``student``) at the end of fit: ``ExportWeights`` writes its state
+dict, ``ExportStudent`` writes it as safetensors, TorchScript and ONNX, each file checked (the files of
+``kd-lightning-export``).
 
 Nothing is exported after a fit that made no optimizer step, was interrupted, or whose weights are not finite: the
-previous file stays as it was. Files are written atomically (:func:`kd_lightning.files.atomic_write`), and replacing
-an existing one is logged with its size and date.
+previous files stay as they were. Files are written atomically (:func:`kd_lightning.files.atomic_write`), and
+replacing an existing one is logged with its size and date.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +20,10 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from kd_lightning import batches
+from kd_lightning.export_formats import FORMATS, check_formats, export_network, export_paths
 from kd_lightning.files import atomic_write, read_checkpoint
+from kd_lightning.modules.temporal import hookless_copy
 
 STUDENT_PREFIX = "student."
 
@@ -72,30 +77,19 @@ def fingerprint(module: torch.nn.Module) -> list[float]:
     return torch.cat(sums).tolist() if sums else []
 
 
-class ExportWeights(L.Callback):
-    """Save ``pl_module.student`` (the network a Classifier trained, or the distilled student) when fit ends.
+class TrainedWeightsExport(L.Callback):
+    """Base of the end-of-fit exports: the checks that the fit's student weights are newly trained and finite.
 
-    The file is a plain state dict (no Lightning, no optimizer state): small, and loadable as ``teacher_weights``.
-    Nothing is written (a warning says why) when the fit made no optimizer step, was interrupted, or ran as a
-    ``fast_dev_run`` smoke test, or when a weight is NaN/inf: whatever was at ``path`` stays as it was. Replacing an
-    existing file is logged (``replacing <path> (<size>, modified <time>)``); files are written atomically.
+    :meth:`checked_weights` gives the state dict to export (the best checkpoint's, or the final weights) or the
+    reason not to export: the fit made no optimizer step, was interrupted, ran as a ``fast_dev_run``, did not change
+    the weights, or left a NaN/inf in them.
 
     Args:
-        path: ``.safetensors`` or ``.pt`` file to write, e.g. in the run's directory.
         best: export the best checkpoint of the ``ModelCheckpoint`` callback, if it saved one, else the final weights.
-        copy_to: also write the same weights here (e.g. ``checkpoints/digits_teacher.safetensors``, where the
-            distillation configs read the teacher), only when set: ``None`` (default) leaves such a file alone.
     """
 
-    def __init__(self, path: str, best: bool = True, copy_to: str | None = None) -> None:
-        if copy_to is not None and os.path.abspath(copy_to) == os.path.abspath(path):
-            raise ValueError(
-                f"expected copy_to to be a second file but got copy_to={copy_to!r}, the same as path={path!r}; "
-                "set copy_to to null or to another path."
-            )
-        self.path = path
+    def __init__(self, best: bool = True) -> None:
         self.best = best
-        self.copy_to = copy_to
         self.start_step: int | None = None
         self.start_fingerprint: list[float] | None = None
 
@@ -106,9 +100,8 @@ class ExportWeights(L.Callback):
         self.start_step = trainer.global_step  # after a resume restored the step count
         self.start_fingerprint = fingerprint(pl_module.student)
 
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        targets = [self.path, *([self.copy_to] if self.copy_to else [])]
+    def checked_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict[str, Tensor] | None, str]:
+        """``(state dict, where it comes from)`` to export, or ``(None, why not)``."""
         reason = self.reason_not_to_export(trainer)
         if reason is None and self.start_fingerprint == fingerprint(pl_module.student):
             reason = (
@@ -116,26 +109,16 @@ class ExportWeights(L.Callback):
                 f"{trainer.global_step - (self.start_step or 0)} optimizer step(s) (were they all skipped, e.g. by "
                 "on_nonfinite='skip', or were the gradients zero?), so the weights are not newly trained"
             )
-        if reason is None:
-            state_dict, source = self.weights(trainer, pl_module)
-            bad = first_nonfinite(state_dict)
-            if bad is not None:
-                reason = (
-                    f"expected finite weights but {bad} in the {source}: the run diverged (lower the learning "
-                    "rate, or check the inputs and losses)"
-                )
         if reason is not None:
-            left = " and ".join(targets)
-            rank_zero_warn(
-                f"ExportWeights: not exporting to {left}: {reason}; an existing file there is left as it was."
+            return None, reason
+        state_dict, source = self.weights(trainer, pl_module)
+        bad = first_nonfinite(state_dict)
+        if bad is not None:
+            return None, (
+                f"expected finite weights but {bad} in the {source}: the run diverged (lower the learning rate, or "
+                "check the inputs and losses)"
             )
-            return
-        for target in targets:
-            existing = describe_existing(target)
-            if existing is not None:
-                rank_zero_info(f"ExportWeights: replacing {target} ({existing})")
-            save_state_dict(state_dict, target)
-            rank_zero_info(f"saved {type(pl_module.student).__name__} weights ({source}) to {target}")
+        return state_dict, source
 
     def reason_not_to_export(self, trainer: L.Trainer) -> str | None:
         """Why this fit's weights must not be exported (no optimizer step, interrupted, smoke test), else ``None``."""
@@ -163,3 +146,115 @@ class ExportWeights(L.Callback):
         saved = read_checkpoint(best_path, what="best checkpoint")["state_dict"]
         state_dict = {k[len(STUDENT_PREFIX) :]: v for k, v in saved.items() if k.startswith(STUDENT_PREFIX)}
         return state_dict, best_path
+
+
+class ExportWeights(TrainedWeightsExport):
+    """Save ``pl_module.student`` (the network a Classifier trained, or the distilled student) when fit ends.
+
+    The file is a plain state dict (no Lightning, no optimizer state): small, and loadable as ``teacher_weights``.
+    Nothing is written (a warning says why) when the fit made no optimizer step, was interrupted, or ran as a
+    ``fast_dev_run`` smoke test, or when a weight is NaN/inf: whatever was at ``path`` stays as it was. Replacing an
+    existing file is logged (``replacing <path> (<size>, modified <time>)``); files are written atomically.
+
+    Args:
+        path: ``.safetensors`` or ``.pt`` file to write, e.g. in the run's directory.
+        best: export the best checkpoint of the ``ModelCheckpoint`` callback, if it saved one, else the final weights.
+        copy_to: also write the same weights here (e.g. ``checkpoints/digits_teacher.safetensors``, where the
+            distillation configs read the teacher), only when set: ``None`` (default) leaves such a file alone.
+    """
+
+    def __init__(self, path: str, best: bool = True, copy_to: str | None = None) -> None:
+        if copy_to is not None and os.path.abspath(copy_to) == os.path.abspath(path):
+            raise ValueError(
+                f"expected copy_to to be a second file but got copy_to={copy_to!r}, the same as path={path!r}; "
+                "set copy_to to null or to another path."
+            )
+        super().__init__(best)
+        self.path = path
+        self.copy_to = copy_to
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        targets = [self.path, *([self.copy_to] if self.copy_to else [])]
+        state_dict, source = self.checked_weights(trainer, pl_module)
+        if state_dict is None:
+            left = " and ".join(targets)
+            rank_zero_warn(
+                f"ExportWeights: not exporting to {left}: {source}; an existing file there is left as it was."
+            )
+            return
+        for target in targets:
+            existing = describe_existing(target)
+            if existing is not None:
+                rank_zero_info(f"ExportWeights: replacing {target} ({existing})")
+            save_state_dict(state_dict, target)
+            rank_zero_info(f"saved {type(pl_module.student).__name__} weights ({source}) to {target}")
+
+
+class ExportStudent(TrainedWeightsExport):
+    """Write ``pl_module.student`` as safetensors, TorchScript and ONNX when fit ends, as ``kd-lightning-export`` does.
+
+    The files (``student.safetensors``, ``student.torchscript.pt``, ``student.onnx`` in ``dirpath``) come from
+    :func:`kd_lightning.export_formats.export_network`: each is loaded back (ONNX with onnxruntime) and checked against
+    the PyTorch student on the first training batch and on a batch of one before it is put in place; the summary
+    (sizes, max abs differences) is logged. Nothing is written after a fit that made no optimizer step, failed, or
+    left non-finite weights (a warning says why). Replacing files of an earlier export is logged.
+
+    Args:
+        dirpath: folder of the files; ``None``: ``<trainer.log_dir>/export``.
+        formats: some of ``safetensors``, ``torchscript``, ``onnx`` (ONNX needs ``pip install 'kd_lightning[export]'``).
+        best: export the best checkpoint of the ``ModelCheckpoint`` callback, if it saved one, else the final weights.
+        opset: ONNX opset; ``None``: the exporter's default.
+    """
+
+    def __init__(
+        self, dirpath: str | None = None, formats: Sequence[str] = FORMATS, best: bool = True, opset: int | None = None
+    ) -> None:
+        check_formats(formats)
+        super().__init__(best)
+        self.dirpath, self.formats, self.opset = dirpath, list(formats), opset
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        """Where the files go: ``dirpath``, else ``<trainer.log_dir>/export``."""
+        return Path(self.dirpath if self.dirpath is not None else os.path.join(trainer.log_dir or ".", "export"))
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = self.folder(trainer)
+        state_dict, source = self.checked_weights(trainer, pl_module)
+        if state_dict is None:
+            rank_zero_warn(
+                f"ExportStudent: not exporting to {folder}: {source}; existing files there are left as they were."
+            )
+            return
+        network = hookless_copy(pl_module.student).cpu().eval()
+        network.load_state_dict(state_dict, strict=True)
+        for target in export_paths(folder, "student", self.formats).values():
+            existing = describe_existing(target)
+            if existing is not None:
+                rank_zero_info(f"ExportStudent: replacing {target} ({existing})")
+        files = export_network(
+            network, folder, example_inputs(trainer), self.formats, opset=self.opset, log=rank_zero_info
+        )
+        for file in files:
+            rank_zero_info(
+                f"ExportStudent: saved {type(network).__name__} ({source}) to {file.path} ({file.size / 1000:,.1f} "
+                f"kB, max abs diff {file.max_abs_diff:.3g}: {file.how})"
+            )
+
+
+def example_inputs(trainer: L.Trainer) -> Tensor:
+    """The inputs of the fit's first training batch, on the CPU: what the exported files are checked on."""
+    if trainer.datamodule is not None:
+        loader = trainer.datamodule.train_dataloader()
+    else:
+        loader = trainer.fit_loop._data_source.dataloader()
+    loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader
+    inputs = batches.inputs_of(next(iter(loader)))
+    if not isinstance(inputs, Tensor):
+        raise ValueError(
+            f"ExportStudent: expected training batches whose inputs are one tensor [B, ...] but got "
+            f"{type(inputs).__name__}; only networks called on one tensor export to TorchScript and ONNX here (use "
+            "ExportWeights for the state dict)."
+        )
+    return inputs.detach().cpu().float()

@@ -64,10 +64,12 @@ class TinyCNN(nn.Module):
         return self.head(self.pool(self.layer1(self.stem(x))))
 
 
-class DigitsMLP(nn.Module):
+class DigitsMLP(nn.Sequential):
     """A multilayer perceptron student on the flattened 64 pixels.
 
-    Hidden layers are named ``layer1``, ``layer2``, ...; the classifier is ``head``.
+    Hidden layers are named ``layer1``, ``layer2``, ...; the classifier is ``head``. The network is the chain
+    ``flatten`` -> ``layer1`` -> ... -> ``head`` (an ``nn.Sequential``, so ``torch.jit.script`` compiles it; the
+    state-dict keys are those of the named layers: ``layer1.0.weight``, ..., ``head.weight``).
 
     Args:
         num_classes: number of output classes.
@@ -86,9 +88,3 @@ class DigitsMLP(nn.Module):
             self.add_module(f"layer{index}", nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout)))
         self.num_hidden = len(hidden)
         self.head = nn.Linear(sizes[-1], num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.flatten(x)
-        for index in range(1, self.num_hidden + 1):
-            x = getattr(self, f"layer{index}")(x)
-        return self.head(x)
