@@ -3,7 +3,8 @@
 Each row is a YAML under configs/digits/ run through the CLI exactly as a user would, with only the seed changed
 (and, for a few rows, the student network swapped for another one). Rows are grouped by their student network; each
 group starts with that same network trained alone with configs/digits/baseline.yaml (same data, optimizer and
-60-epoch budget), the reference every method of the group is judged against.
+60-epoch budget; a group whose student is fine-tuned with a budget of its own, QAT, takes that budget), the reference
+every method of the group is judged against.
 
 Per seed, the teacher is retrained with that seed inside a scratch directory: configs/digits/teacher.yaml exports it
 into its run directory, and the benchmark copies it to the scratch directory's checkpoints/digits_teacher.safetensors,
@@ -39,13 +40,19 @@ CNN_8 = {"class_path": "kd_lightning.models.DigitsCNN", "init_args": {"num_class
 
 @dataclass(frozen=True)
 class Row:
-    """One method: label, config under configs/digits/, family; optionally another student and CLI overrides."""
+    """One method: label, config under configs/digits/, family; optionally another student and CLI overrides.
+
+    ``budget_from`` names the config whose budget (epochs, optimizer, schedule) the group's student-alone run takes
+    instead of baseline.yaml's: a student fine-tuned from the teacher's weights with a short budget (QAT) is judged
+    against the same copy fine-tuned alone with that budget.
+    """
 
     label: str
     config: str
     family: str
     student: dict[str, Any] | None = None
     overrides: tuple[str, ...] = ()
+    budget_from: str | None = None
 
 
 STAGES = ("layer1", "layer2", "layer3")
@@ -89,6 +96,12 @@ ROWS: list[Row] = [
     Row("born-again (snapshots)", "self_born_again.yaml", "self"),
     Row("PS-KD", "self_pskd.yaml", "self"),
     Row("BYOT (deepest exit)", "self_byot.yaml", "self"),
+    # Students built from the teacher's own weights: the teacher without layer1 (the student alone is
+    # shallow_baseline.yaml's run), and the teacher fake-quantized to int8 (the student alone is plain QAT with
+    # qad.yaml's 10-epoch, lr 1e-4 budget, qat_baseline.yaml's run; accuracy of the fake-quantized network, the int8
+    # one's is benchmarks/quantized_students.py's).
+    Row("KD from the full teacher", "shallow_kd.yaml", "response"),
+    Row("QAD: KD from the float teacher", "qad.yaml", "response", budget_from="qad.yaml"),
 ]
 TEACHER = Row("teacher", "teacher.yaml", "reference")
 
@@ -128,9 +141,14 @@ def config_student(row: Row) -> dict[str, Any]:
 
 
 def student_name(spec: dict[str, Any]) -> str:
-    """``{"class_path": "kd_lightning.models.TinyCNN", "init_args": {"width": 8, ...}}`` -> ``TinyCNN(width=8)``."""
-    args = {key: value for key, value in spec.get("init_args", {}).items() if key != "num_classes"}
-    return f"{spec['class_path'].rsplit('.', 1)[-1]}({', '.join(f'{k}={v}' for k, v in args.items())})"
+    """``{"class_path": "kd_lightning.models.TinyCNN", "init_args": {"width": 8, ...}}`` -> ``TinyCNN(width=8)``.
+
+    A network given as an argument (a teacher to copy) is named the same way; weights files are left out (every run
+    reads its seed's teacher).
+    """
+    args = {key: value for key, value in spec.get("init_args", {}).items() if key not in ("num_classes", "weights")}
+    shown = [f"{k}={student_name(v) if isinstance(v, dict) and 'class_path' in v else v}" for k, v in args.items()]
+    return f"{spec['class_path'].rsplit('.', 1)[-1]}({', '.join(shown)})"
 
 
 def run_config(config: Path, seed: int, workdir: Path, overrides: tuple[str, ...] = ()) -> dict[str, float]:
@@ -160,12 +178,25 @@ def run_config(config: Path, seed: int, workdir: Path, overrides: tuple[str, ...
         os.chdir(previous)
 
 
+def budget_arguments(config: str) -> tuple[str, ...]:
+    """CLI arguments giving baseline.yaml the epochs, optimizer and schedule of ``config``."""
+    settings = yaml.safe_load((CONFIGS / config).read_text())
+    init = settings["model"]["init_args"]
+    return (
+        f"--trainer.max_epochs={settings['trainer']['max_epochs']}",
+        f"--model.init_args.optimizer={json.dumps(init['optimizer'])}",
+        f"--model.init_args.lr_scheduler={json.dumps(init['lr_scheduler'])}",
+    )
+
+
 def row_arguments(row: Row) -> tuple[str, ...]:
-    """CLI arguments that put the row's student network in place (when it has its own) and its overrides."""
+    """CLI arguments that put the row's student network in place (when it has its own) and its overrides; for a
+    student-alone row, the budget of its group's config when it has its own."""
+    budget = budget_arguments(row.budget_from) if row.budget_from and row.config == "baseline.yaml" else ()
     if row.student is None:
-        return row.overrides
+        return (*row.overrides, *budget)
     key = "network" if row.config == "baseline.yaml" else "student"
-    return (f"--model.init_args.{key}={json.dumps(row.student)}", *row.overrides)
+    return (f"--model.init_args.{key}={json.dumps(row.student)}", *row.overrides, *budget)
 
 
 def mean_std(values: list[float]) -> str:
@@ -223,7 +254,11 @@ def plan(labels: list[str] | None) -> dict[str, list[Row]]:
         spec = config_student(row)
         name = student_name(spec)
         if name not in groups:
-            groups[name] = [Row("student alone", "baseline.yaml", "reference", student=spec)]
+            groups[name] = [
+                Row("student alone", "baseline.yaml", "reference", student=spec, budget_from=row.budget_from)
+            ]
+        if groups[name][0].budget_from != row.budget_from:
+            raise ValueError(f"rows of {name} train their student alone with different budgets; give them one.")
         groups[name].append(row)
     return groups
 

@@ -1,7 +1,7 @@
 """kd_lightning: knowledge distillation as PyTorch Lightning modules."""
 
 from kd_lightning.cache import TeacherCache, TeacherCacheError
-from kd_lightning.callbacks import DistillationReport, ExportWeights
+from kd_lightning.callbacks import ConvertQuantized, DistillationReport, ExportStudent, ExportWeights, measure_network
 from kd_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -16,7 +16,16 @@ from kd_lightning.data import (
 from kd_lightning.features import FeatureTap
 from kd_lightning.files import AtomicCheckpointIO, CheckpointFileError, read_checkpoint, read_tensors
 from kd_lightning.losses import DistillationLoss, TokenLoss
-from kd_lightning.models import DigitsCNN, DigitsMLP, TinyCNN, timm_model, torchvision_model
+from kd_lightning.models import (
+    DigitsCNN,
+    DigitsMLP,
+    TinyCNN,
+    quantized_copy,
+    shallow_copy,
+    student_from_teacher,
+    timm_model,
+    torchvision_model,
+)
 from kd_lightning.modules import (
     BYOTExits,
     Classifier,
@@ -43,6 +52,7 @@ __all__ = [
     "CIFAR100DataModule",
     "CheckpointFileError",
     "Classifier",
+    "ConvertQuantized",
     "DigitsCNN",
     "DigitsDataModule",
     "DigitsMLP",
@@ -52,6 +62,7 @@ __all__ = [
     "DistillationReport",
     "EMATeacher",
     "EpochSampler",
+    "ExportStudent",
     "ExportWeights",
     "FeatureTap",
     "ImageFolderDataModule",
@@ -74,8 +85,12 @@ __all__ = [
     "TokenWindowLoader",
     "freeze",
     "load_weights",
+    "measure_network",
+    "quantized_copy",
     "read_checkpoint",
     "read_tensors",
+    "shallow_copy",
+    "student_from_teacher",
     "timm_model",
     "torchvision_model",
 ]

@@ -27,6 +27,14 @@ from kd_lightning.models.cifar import (
 )
 from kd_lightning.models.digits import DigitsCNN, DigitsMLP, TinyCNN
 from kd_lightning.models.hub import timm_model, torchvision_model
+from kd_lightning.models.quantized import (
+    QuantizedNetwork,
+    convert_quantized,
+    int8_runtime,
+    quantized_copy,
+    save_quantized,
+)
+from kd_lightning.models.shallow import shallow_copy
 from kd_lightning.models.text import maximally_spaced_layers, model_from_config, pretrained_model, student_from_teacher
 
 __all__ = [
@@ -34,13 +42,17 @@ __all__ = [
     "DigitsCNN",
     "DigitsMLP",
     "MobileNetV2",
+    "QuantizedNetwork",
     "ResNet50",
     "ShuffleV1",
     "ShuffleV2",
     "TinyCNN",
+    "convert_quantized",
+    "int8_runtime",
     "maximally_spaced_layers",
     "model_from_config",
     "pretrained_model",
+    "quantized_copy",
     "resnet8",
     "resnet8x4",
     "resnet14",
@@ -50,6 +62,8 @@ __all__ = [
     "resnet44",
     "resnet56",
     "resnet110",
+    "save_quantized",
+    "shallow_copy",
     "student_from_teacher",
     "timm_model",
     "torchvision_model",
