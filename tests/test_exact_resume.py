@@ -6,7 +6,8 @@ uninterrupted, then again killed with SIGKILL right after its checkpoint at step
 ``python -m kd_lightning.cli fit ... --ckpt_path`` process. The killed run's checkpoint must equal the uninterrupted
 run's at the same step, and the final checkpoints of the uninterrupted and the resumed run must agree bit for bit:
 every weight and buffer (student, peers, adapters, exits, EMA/snapshot teacher, PS-KD targets), the optimizer and
-scheduler states, the RNG states. Equal weights and buffers give equal test metrics. ``online_kd`` is also resumed from
+scheduler states, the RNG states. Equal weights and buffers give equal test metrics. A causal language model on token
+batches (``configs/text/gpt2_tiny_baseline.yaml``, narrowed) is resumed the same way. ``online_kd`` is also resumed from
 its checkpoint after the last batch of epoch 0 (step 6, before validation). The modes run two at a time (two cores).
 The unit tests below check the loader and the RNG capture on their own.
 """
@@ -53,6 +54,13 @@ MODES = {
     # epoch 1 is taught by the predictions of epoch 0 (and those of epoch 1 are stored for an epoch 2)
     "self_pskd": [],
     "kd_at_rkd": [],  # the FitNets regressor is a lazy adapter, built in the dry run
+    # a causal LM on token batches (TokenWindowLoader, dropout), narrowed to one layer and short blocks
+    "text/gpt2_tiny_baseline": [
+        "--model.init_args.network.init_args.num_layers=1",
+        "--data.init_args.max_length=32",
+        "--data.init_args.batch_size=8",
+        "--trainer.deterministic=true",
+    ],
 }
 COMPARED = ("state_dict", "optimizer_states", "lr_schedulers", "kd_lightning")
 
@@ -71,10 +79,11 @@ def _run(command: list[str], run_dir: Path, log: str) -> int:
 
 def _run_mode(root: Path, config: str) -> tuple[Path, dict[str, int]]:
     """The runs of ``config`` in ``root/config`` and their return codes: full+killed process, resumed (from step 6)."""
-    run_dir = root / config
+    run_dir = root / config.replace("/", "_")
     run_dir.mkdir()
     (run_dir / "checkpoints").symlink_to(root / "checkpoints")
-    fit_args = ["--config", str(CONFIGS / "digits" / f"{config}.yaml"), *BUDGET, *MODES[config]]
+    path = CONFIGS / (f"{config}.yaml" if "/" in config else f"digits/{config}.yaml")
+    fit_args = ["--config", str(path), *BUDGET, *MODES[config]]
     helper = [sys.executable, str(ROOT / "tests" / "resume_helpers.py"), str(KILL_AT_STEP)]
     codes = {"full_and_killed": _run([*helper, *fit_args], run_dir, "full_and_killed.txt")}
     resumes = {"resumed": run_dir / "killed" / f"step={KILL_AT_STEP}.ckpt"}
