@@ -114,7 +114,14 @@ def pretrained_model(path: str, task: str = "auto") -> nn.Module:
         "causal_lm": transformers.AutoModelForCausalLM,
         "base": transformers.AutoModel,
     }[chosen]
-    model, info = auto.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+    hf_logging = transformers.utils.logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local load needs no progress bar in every run's output
+    try:
+        model, info = auto.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
