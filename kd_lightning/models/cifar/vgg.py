@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
 from kd_lightning.models.cifar._layers import global_pool, init_normal_fan_out_
 
@@ -55,7 +55,7 @@ def _stage(in_channels: int, widths: Sequence[int], batch_norm: bool) -> nn.Sequ
     return nn.Sequential(*layers[:-1])
 
 
-class VGG(nn.Module):
+class VGG(nn.Sequential):
     """A five-stage VGG for CIFAR (see the module docstring for the named outputs and their shapes).
 
     Args:
@@ -85,13 +85,6 @@ class VGG(nn.Module):
         self.pool = global_pool()
         self.classifier = nn.Linear(in_channels, num_classes)
         init_normal_fan_out_(self, linear_std=0.01)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for index in range(5):
-            x = getattr(self, f"relu{index}")(getattr(self, f"block{index}")(x))
-            if index < 3:
-                x = getattr(self, f"pool{index}")(x)
-        return self.classifier(self.pool(x))
 
 
 def vgg8(num_classes: int = 100) -> nn.Module:
