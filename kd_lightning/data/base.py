@@ -8,8 +8,9 @@ a teacher-output cache replays it: :meth:`ReplayableDataset.sample` returns it o
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -122,6 +123,8 @@ class SplitDataModule(L.LightningDataModule):
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    collator: Callable[[list[Any]], Any] | None = None
+    """The loaders' ``collate_fn`` (``None``: PyTorch's default)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,6 +149,7 @@ class SplitDataModule(L.LightningDataModule):
             batch_size=self.hparams.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            collate_fn=self.collator,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kd_lightning.data.base import SplitDataModule
 from kd_lightning.data.corpus import (
@@ -382,16 +382,6 @@ class TextDataModule(SplitDataModule):
             self.units[name] = [units[i] for i in indices]
             sequences = self._sequences(self.units[name], name)
             self.splits[name] = TokenDataset(sequences, hp.task, masking, hp.return_index, seed=hp.split_seed)
-
-    def _eval_loader(self, name: str) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self._split(name),
-            batch_size=self.hparams.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=self.collator,
-        )
 
     def train_dataloader(self) -> TokenWindowLoader:
         """Shuffled batches in a seeded order, with the token counts of each batch's accumulation window."""

@@ -3,8 +3,10 @@ spatial alignment of two feature maps."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -55,3 +57,25 @@ def pool_to_smaller(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     if tuple(second.shape[2:]) != size:
         second = F.adaptive_avg_pool2d(second, size)
     return first, second
+
+
+def token_normaliser(num_tokens: Tensor | float | None, count: int | Tensor, like: Tensor, loss: str) -> Tensor | float:
+    """The divisor of a per-token loss: ``num_tokens`` (a number or a 0-d tensor, as float32 on ``like``'s device), or
+    ``count``, the number of selected positions, when it is ``None``; a zero becomes 1, so an empty selection gives 0
+    with a zero gradient instead of ``0 / 0``."""
+    if num_tokens is None:
+        return count.clamp_min(1) if isinstance(count, Tensor) else float(max(count, 1))
+    if isinstance(num_tokens, Tensor):
+        if num_tokens.numel() != 1:
+            raise ValueError(
+                f"{loss} expected num_tokens as a number or a 0-d tensor but got a tensor of shape "
+                f"{tuple(num_tokens.shape)}; pass the total number of tokens the loss is averaged over."
+            )
+        n = num_tokens.detach().to(device=like.device, dtype=torch.float32).reshape(())
+        return torch.where(n > 0, n, torch.ones_like(n))
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Real) or not num_tokens >= 0:
+        raise ValueError(
+            f"{loss} expected num_tokens >= 0 (a number or a 0-d tensor) but got num_tokens={num_tokens!r}; pass the "
+            f"total number of tokens the loss is averaged over, or None for the selected positions."
+        )
+    return float(num_tokens) if num_tokens > 0 else 1.0

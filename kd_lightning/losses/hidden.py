@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_lightning.losses._checks import token_normaliser
 from kd_lightning.losses.adapters import LazyAdapter
 from kd_lightning.losses.base import ANY_LAYERS, TokenLoss
 
@@ -75,18 +76,7 @@ def _token_mean(per_token: Tensor, mask: Tensor | None, num_tokens: Tensor | flo
     else:
         mask = mask.to(device=per_token.device, dtype=torch.bool)
         total, count = torch.where(mask, per_token, torch.zeros_like(per_token)).sum(), mask.sum()
-    if num_tokens is None:
-        return total / count.clamp_min(1)
-    if isinstance(num_tokens, Tensor) and num_tokens.numel() == 1:
-        n = num_tokens.detach().to(device=total.device, dtype=torch.float32).reshape(())
-        return total / torch.where(n > 0, n, torch.ones_like(n))
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | float) or not num_tokens >= 0:
-        shown = f"a tensor of shape {tuple(num_tokens.shape)}" if isinstance(num_tokens, Tensor) else repr(num_tokens)
-        raise ValueError(
-            f"{loss} expected num_tokens >= 0 (a number or a 0-d tensor) but got {shown}; pass the total number of "
-            f"tokens the loss is averaged over, or None for the selected positions."
-        )
-    return total / (float(num_tokens) if num_tokens > 0 else 1.0)
+    return total / token_normaliser(num_tokens, count, total, loss)
 
 
 def hidden_cosine_loss(

@@ -22,16 +22,16 @@ results agree to float precision; ``benchmarks/token_loss_memory.py`` measures t
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from kd_lightning.losses._checks import check_positive
+from kd_lightning.losses._checks import check_positive, token_normaliser
 from kd_lightning.losses.base import TokenLoss
 
 __all__ = [
@@ -113,26 +113,6 @@ def _rows(mask: Tensor | None, shape: torch.Size, device: torch.device, loss: st
     return mask.to(device=device, dtype=torch.bool).flatten().nonzero().squeeze(1)
 
 
-def _normaliser(num_tokens: Tensor | float | None, count: int, like: Tensor, loss: str) -> Tensor | float:
-    """``num_tokens`` as a float32 divisor; ``count`` (the selected positions) when ``None``; 0 becomes 1."""
-    if num_tokens is None:
-        return float(max(count, 1))
-    if isinstance(num_tokens, Tensor):
-        if num_tokens.numel() != 1:
-            raise ValueError(
-                f"{loss} expected num_tokens as a number or a 0-d tensor but got a tensor of shape "
-                f"{tuple(num_tokens.shape)}; pass the total number of tokens the loss is averaged over."
-            )
-        n = num_tokens.detach().to(device=like.device, dtype=torch.float32).reshape(())
-        return torch.where(n > 0, n, torch.ones_like(n))
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Real) or not num_tokens >= 0:
-        raise ValueError(
-            f"{loss} expected num_tokens >= 0 (a number or a 0-d tensor) but got num_tokens={num_tokens!r}; pass the "
-            f"total number of tokens the loss is averaged over, or None for the selected positions."
-        )
-    return float(num_tokens) if num_tokens > 0 else 1.0
-
-
 # ---------------------------------------------------------------- chunked sum over token positions
 
 
@@ -178,7 +158,7 @@ def _token_loss(
     _check_pair(student, teacher, loss)
     rows = _rows(mask, student.shape[:2], student.device, loss)
     total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher.detach().flatten(0, 1), rows, chunk_size)
-    return total * scale / _normaliser(num_tokens, rows.numel(), total, loss)
+    return total * scale / token_normaliser(num_tokens, rows.numel(), total, loss)
 
 
 # ---------------------------------------------------------------- per-chunk maths (float32, summed over rows)
@@ -539,16 +519,18 @@ def token_cross_entropy(
     rows = rows[labels.index_select(0, rows) != IGNORE_INDEX]
     rows_loss = partial(_cross_entropy_rows, label_smoothing=label_smoothing)
     total = _sum_over_rows(rows_loss, logits.flatten(0, 1), labels, rows, chunk_size)
-    return total / _normaliser(num_tokens, rows.numel(), total, "token_cross_entropy")
+    return total / token_normaliser(num_tokens, rows.numel(), total, "token_cross_entropy")
 
 
 # ---------------------------------------------------------------- modules
 
 
 class _TokenLogitLoss(TokenLoss):
-    """Shared hyperparameters of the token-level logit losses: temperature, chunk size, the positions rule."""
+    """Shared hyperparameters of the token-level logit losses (temperature, chunk size, the positions rule) and their
+    ``forward``: the module's ``function`` called with its hyperparameters (:meth:`hyperparameters`)."""
 
     token_kind = "logits"
+    function: ClassVar[Callable[..., Tensor]]
 
     def __init__(self, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto") -> None:
         super().__init__()
@@ -561,6 +543,24 @@ class _TokenLogitLoss(TokenLoss):
                 f"every real (non-padding) token."
             )
         self.temperature, self.chunk_size, self.positions = temperature, chunk_size, positions
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The loss function's own keyword arguments (besides the mask, the normaliser and the chunk size)."""
+        return {"temperature": self.temperature}
+
+    def forward(
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> Tensor:
+        """The loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]`` divided by ``num_tokens`` (``target``: unused)."""
+        function = type(self).function
+        return function(
+            student, teacher, mask, num_tokens=num_tokens, chunk_size=self.chunk_size, **self.hyperparameters()
+        )
 
     def _options(self) -> str:
         return f"temperature={self.temperature}, chunk_size={self.chunk_size}, positions={self.positions!r}"
@@ -586,16 +586,7 @@ class ForwardKLLoss(_TokenLogitLoss):
         torch.Size([])
     """
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return forward_kl_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(forward_kl_loss)
 
 
 class ReverseKLLoss(_TokenLogitLoss):
@@ -611,16 +602,7 @@ class ReverseKLLoss(_TokenLogitLoss):
         torch.Size([])
     """
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return reverse_kl_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(reverse_kl_loss)
 
 
 class GeneralizedJSDLoss(_TokenLogitLoss):
@@ -644,16 +626,10 @@ class GeneralizedJSDLoss(_TokenLogitLoss):
         _check_fraction("beta", beta, upper_closed=True)
         self.beta = beta
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return generalized_jsd_loss(student, teacher, mask, self.beta, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(generalized_jsd_loss)
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"beta": self.beta, "temperature": self.temperature}
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, {self._options()}"
@@ -668,6 +644,9 @@ class _SkewLoss(_TokenLogitLoss):
         super().__init__(temperature, chunk_size, positions)
         _check_fraction("skew", skew, upper_closed=False)
         self.skew = skew
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"skew": self.skew, "temperature": self.temperature}
 
     def extra_repr(self) -> str:
         return f"skew={self.skew}, {self._options()}"
@@ -687,16 +666,7 @@ class SkewKLLoss(_SkewLoss):
         torch.Size([])
     """
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return skew_kl_loss(student, teacher, mask, self.skew, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(skew_kl_loss)
 
 
 class SkewReverseKLLoss(_SkewLoss):
@@ -713,16 +683,7 @@ class SkewReverseKLLoss(_SkewLoss):
         torch.Size([])
     """
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return skew_reverse_kl_loss(student, teacher, mask, self.skew, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(skew_reverse_kl_loss)
 
 
 class TVDLoss(_TokenLogitLoss):
@@ -738,13 +699,4 @@ class TVDLoss(_TokenLogitLoss):
         torch.Size([])
     """
 
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        target: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
-    ) -> Tensor:
-        """Return the loss of logits ``[B, L, V]`` over ``mask`` ``[B, L]``; ``target`` is ignored."""
-        return total_variation_loss(student, teacher, mask, self.temperature, num_tokens, self.chunk_size)
+    function = staticmethod(total_variation_loss)

@@ -327,9 +327,11 @@ def test_batch_length_and_mask_shape_are_checked(kind: str) -> None:
         MODULES[kind]()(states, states[:, :3])
     with pytest.raises(ValueError, match=r"mask of shape \[B, L\] = \(2, 4\) but got \(2, 3\)"):
         function(states, states, torch.ones(2, 3, dtype=torch.bool))
-    for bad in (-1.0, True, torch.ones(2)):
+    for bad in (-1.0, True):
         with pytest.raises(ValueError, match="expected num_tokens >= 0"):
             function(states, states, None, bad)
+    with pytest.raises(ValueError, match=r"num_tokens as a number or a 0-d tensor but got a tensor of shape \(2,\)"):
+        function(states, states, None, torch.ones(2))
     with pytest.raises(ValueError, match="a non-empty tuple of them"):
         MODULES[kind]()((), ())
 
