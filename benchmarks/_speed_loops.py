@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from kd_lightning import Classifier, DistillTerm, FeatureTap, OfflineDistillation, OnlineDistillation, SelfDistillation
 from kd_lightning.losses import KDLoss
 from kd_lightning.models import DigitsCNN, DigitsMLP, resnet8x4, resnet32x4
-from kd_lightning.modules.temporal import EMATeacher
+from kd_lightning.teachers.temporal import EMATeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_TEACHER = ROOT / "checkpoints" / "digits_teacher.safetensors"
@@ -485,7 +485,7 @@ def cached_kd(pair: Pair) -> Sample:
     :data:`CACHE_BUILDS`), later calls reuse it. The cached fit gets its own copy of the datamodule: the cache sets its
     training set to return sample indices, which the other rows must not pay for.
     """
-    from kd_lightning.cache import TeacherCache
+    from kd_lightning.teachers.cache_store import TeacherCache
 
     if pair.name not in _CACHED_DATA:
         _CACHED_DATA[pair.name] = copy.deepcopy(pair.datamodule)

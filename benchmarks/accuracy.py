@@ -158,7 +158,7 @@ def run_config(config: Path, seed: int, workdir: Path, overrides: tuple[str, ...
     (each truncated exit network's).
     """
     from kd_lightning.cli import build_cli
-    from kd_lightning.teacher import count_parameters
+    from kd_lightning.core.networks import count_parameters
 
     previous = Path.cwd()
     os.chdir(workdir)

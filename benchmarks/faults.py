@@ -1,7 +1,7 @@
 """Run every user mistake of ``tests/test_bad_inputs.py`` and print what each produced, as a Markdown table.
 
 Each mistake runs in a scratch copy of the project (``checkpoints/`` included), as a user would run it: the command
-line through ``kd_lightning.cli.main`` (exit code and the first line of the message), the Python calls directly (the
+line through ``kd_lightning.cli.command`` (exit code and the first line of the message), the Python calls directly (the
 exception and its first line). The table in ``benchmarks/README.md`` is this script's output.
 
     python benchmarks/faults.py > faults.md

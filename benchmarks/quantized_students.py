@@ -71,8 +71,8 @@ def digits_split(stage: str) -> tuple[Tensor, Tensor]:
 
 
 def float_teacher() -> nn.Module:
+    from kd_lightning.files.weights import load_weights
     from kd_lightning.models import DigitsCNN
-    from kd_lightning.teacher import load_weights
 
     return load_weights(DigitsCNN(num_classes=10, width=32), TEACHER_WEIGHTS).eval()
 

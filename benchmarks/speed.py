@@ -13,7 +13,7 @@ Rows (ms per step):
 * (c) ``OfflineDistillation`` (``0.1 CE + 0.9 KD(T=4)``) in ``Trainer.fit``, ``logger=False`` (``self.log`` still runs);
   on digits also (c+csv), the same with the ``CSVLogger`` the configs use (default ``log_every_n_steps=50``);
 * (d) the same KD, hand-written: same models, batch, optimizer, maths, and a plain ``DataLoader`` over the same set;
-* (e) a KD step reading cached teacher outputs (``kd_lightning.cache``): a slot, ``cached_kd`` in
+* (e) a KD step reading cached teacher outputs (``kd_lightning.teachers.cache_store``): a slot, ``cached_kd`` in
   ``benchmarks/_speed_loops.py``, printed "n/a" until it is filled;
 * (f) ``Classifier`` (the student alone) in ``Trainer.fit``;
 * on digits, Deep Mutual Learning (``OnlineDistillation``, two peers, mutual) and self-distillation from an EMA teacher
@@ -255,7 +255,7 @@ def digits_section(args: argparse.Namespace) -> None:
         Row("c", "OfflineDistillation in Trainer.fit, logger=False", lambda: loops.module_kd(pair)),
         Row("c+csv", "OfflineDistillation in Trainer.fit, CSVLogger", lambda: loops.module_kd(pair, logger=True)),
         Row("d", "KD, hand-written loop", lambda: loops.hand_kd(pair)),
-        Row("e", "cached KD step (kd_lightning.cache)", lambda: loops.cached_kd(pair)),
+        Row("e", "cached KD step (kd_lightning.teachers.cache_store)", lambda: loops.cached_kd(pair)),
         Row("f", "Classifier (student alone) in Trainer.fit", lambda: loops.module_classifier(pair)),
         Row("dml", "OnlineDistillation DML, 2 peers, in Trainer.fit", lambda: loops.module_dml(pair)),
         Row("dml-hand", "DML, hand-written loop", lambda: loops.hand_dml(pair)),
@@ -300,7 +300,7 @@ def cifar_section(args: argparse.Namespace) -> None:
         Row("b", "teacher inference (eval, no_grad, batches in memory)", lambda: loops.teacher_inference(pair)),
         Row("c", "OfflineDistillation in Trainer.fit, logger=False", lambda: loops.module_kd(pair)),
         Row("d", "KD, hand-written loop", lambda: loops.hand_kd(pair)),
-        Row("e", "cached KD step (kd_lightning.cache)", lambda: loops.cached_kd(pair)),
+        Row("e", "cached KD step (kd_lightning.teachers.cache_store)", lambda: loops.cached_kd(pair)),
         Row("f", "Classifier (student alone) in Trainer.fit", lambda: loops.module_classifier(pair)),
     ]
     run_rounds(rows, args.cifar_rounds, "cifar")

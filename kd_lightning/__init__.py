@@ -1,7 +1,15 @@
 """kd_lightning: knowledge distillation as PyTorch Lightning modules."""
 
-from kd_lightning.cache import TeacherCache, TeacherCacheError
+from kd_lightning.core import moved
+
+moved.install()  # old import paths (checkpoints, configs) resolve to where the code lives now
+
+# ruff: noqa: E402
 from kd_lightning.callbacks import ConvertQuantized, DistillationReport, ExportStudent, ExportWeights, measure_network
+from kd_lightning.core.networks import freeze
+from kd_lightning.core.objective import DistillTerm, Objective
+from kd_lightning.core.taps import FeatureTap
+from kd_lightning.core.tokens import TokenTargets
 from kd_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -13,8 +21,8 @@ from kd_lightning.data import (
     TextDataModule,
     TokenWindowLoader,
 )
-from kd_lightning.features import FeatureTap
 from kd_lightning.files import AtomicCheckpointIO, CheckpointFileError, read_checkpoint, read_tensors
+from kd_lightning.files.weights import load_weights
 from kd_lightning.losses import DistillationLoss, TokenLoss
 from kd_lightning.models import (
     DigitsCNN,
@@ -37,11 +45,9 @@ from kd_lightning.modules import (
     SelfDistillation,
     SnapshotTeacher,
 )
-from kd_lightning.modules.checks import NonFiniteLossError
-from kd_lightning.normalization import Renormalize
-from kd_lightning.objective import DistillTerm, Objective
-from kd_lightning.teacher import freeze, load_weights
-from kd_lightning.tokens import TokenTargets
+from kd_lightning.modules._guards import NonFiniteLossError
+from kd_lightning.teachers.cache_store import TeacherCache, TeacherCacheError
+from kd_lightning.teachers.normalization import Renormalize
 
 __version__ = "0.1.0"
 

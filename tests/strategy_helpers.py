@@ -25,7 +25,7 @@ from kd_lightning.losses import FitNetsLoss, KDLoss
 from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.online import OnlineDistillation
 from kd_lightning.modules.self_distillation import SelfDistillation
-from kd_lightning.modules.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
+from kd_lightning.teachers.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
 
 BATCH_SIZE = 16
 EPOCHS = 2  # two epochs: snapshot and PS-KD only teach from the second epoch on

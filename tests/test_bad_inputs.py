@@ -223,7 +223,7 @@ CLI_MISTAKES = [
         "self-distillation without exits or teacher",
         edited(
             "self_ema.yaml",
-            "    teacher:\n      class_path: kd_lightning.modules.temporal.EMATeacher\n"
+            "    teacher:\n      class_path: kd_lightning.teachers.temporal.EMATeacher\n"
             "      init_args: {decay: 0.98}\n",
             "",
         ),

@@ -12,10 +12,10 @@ from helpers import TEACHER_WEIGHTS, fast_trainer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kd_lightning import DigitsDataModule, DistillTerm, OfflineDistillation, TeacherCache, TeacherCacheError
-from kd_lightning.cache import dense_logits
+from kd_lightning.files.weights import load_weights
 from kd_lightning.losses import ATLoss, KDLoss
 from kd_lightning.models import DigitsCNN, DigitsMLP
-from kd_lightning.teacher import load_weights
+from kd_lightning.teachers.cache_store import dense_logits
 
 
 def make_module(cache: TeacherCache | None, **overrides) -> OfflineDistillation:

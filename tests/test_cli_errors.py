@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import CONFIGS
 
-from kd_lightning import cli
-from kd_lightning.diagnose import DEBUG_ENV, Diagnosis, describe_parse_error, nearest_import_path
+from kd_lightning.cli import command as cli
+from kd_lightning.cli.diagnose import DEBUG_ENV, Diagnosis, describe_parse_error, nearest_import_path
 from kd_lightning.modules import DistillationModule
 
 TINY = [
@@ -39,7 +39,7 @@ def edited(config: str, *replacements: tuple[str, str], name: str = "bad.yaml") 
 
 
 def run_main(args: list[str], capsys, monkeypatch, debug: bool = False) -> tuple[int, str]:
-    """``kd_lightning.cli.main(args)`` in-process: its exit code and stderr."""
+    """``kd_lightning.cli.command.main(args)`` in-process: its exit code and stderr."""
     monkeypatch.setattr(sys, "argv", ["kd-lightning"])
     if debug:
         monkeypatch.setenv(DEBUG_ENV, "1")

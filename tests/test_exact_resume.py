@@ -30,8 +30,8 @@ from helpers import CONFIGS, ROOT
 from resume_helpers import checkpoint_callback
 from torch.utils.data import Dataset
 
-from kd_lightning import run_state
 from kd_lightning.data import DigitsDataModule, ResumableDataLoader
+from kd_lightning.modules import _run_state as run_state
 
 KILL_AT_STEP = 9
 EPOCH_END_MODE, EPOCH_END_STEP = "online_kd", 6  # a mode with dropout (global RNG) and a scheduler step per epoch

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_lightning import Classifier, DigitsCNN, DigitsDataModule, DigitsMLP, TinyCNN, export_formats
 from kd_lightning.callbacks.export import ExportStudent
 from kd_lightning.cli import main as fit_main
-from kd_lightning.export import main as export_main
-from kd_lightning.export_formats import export_network, to_torchscript
+from kd_lightning.cli.export import main as export_main
+from kd_lightning.export.formats import export_network, to_torchscript
 from kd_lightning.models import MobileNetV2, ShuffleV2, resnet8x4, vgg8, wrn_16_2
 from kd_lightning.modules import OfflineDistillation, OnlineDistillation, SelfDistillation
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from kd_lightning.features import FeatureTap, extract_logits, resolve_module
+from kd_lightning.core.taps import FeatureTap, extract_logits, resolve_module
 from kd_lightning.models import DigitsCNN
 
 

@@ -16,7 +16,7 @@ from kd_lightning import OfflineDistillation
 from kd_lightning.cli import build_cli, main
 from kd_lightning.files import CheckpointFileError
 from kd_lightning.models.hub import timm_model, torchvision_model
-from kd_lightning.normalization import Renormalize
+from kd_lightning.teachers.normalization import Renormalize
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CIFAR = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}

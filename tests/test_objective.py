@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_lightning.core.objective import DistillTerm, Objective, total_loss
 from kd_lightning.losses import ATLoss, FSPLoss, KDLoss
-from kd_lightning.objective import DistillTerm, Objective, total_loss
 
 
 def test_objective_returns_weighted_named_components():

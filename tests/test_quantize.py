@@ -33,6 +33,7 @@ from torch.ao.nn.quantized import Linear as QuantizedLinear
 
 from kd_lightning import Classifier, ConvertQuantized, DigitsDataModule, OfflineDistillation
 from kd_lightning.cli import build_cli
+from kd_lightning.files.weights import load_weights
 from kd_lightning.models import DigitsCNN, resnet8, timm_model
 from kd_lightning.models.quantized import (
     QuantizableBasicBlock,
@@ -42,7 +43,6 @@ from kd_lightning.models.quantized import (
     quantized_copy,
     save_quantized,
 )
-from kd_lightning.teacher import load_weights
 
 TINY_CLI = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
 

@@ -26,8 +26,8 @@ from kd_lightning import (
     SelfDistillation,
 )
 from kd_lightning.callbacks import DistillationReport, measure_network, report_render
-from kd_lightning.callbacks.headline import headline
-from kd_lightning.callbacks.measure import batch_of
+from kd_lightning.callbacks.report.headline import headline
+from kd_lightning.callbacks.report.measure import batch_of
 from kd_lightning.cli import build_cli
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)

@@ -7,7 +7,7 @@ import torch
 from helpers import CONFIGS
 
 from kd_lightning.cli import main
-from kd_lightning.resume import find_last, normalise
+from kd_lightning.cli.resume import find_last, normalise
 
 RUN = CONFIGS / "digits" / "offline_kd.yaml"
 BUDGET = [

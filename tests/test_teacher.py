@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from kd_lightning.callbacks import ExportWeights, save_state_dict
+from kd_lightning.core.networks import freeze
 from kd_lightning.files import CheckpointFileError
+from kd_lightning.files.weights import load_weights, read_state_dict, strip_prefixes
 from kd_lightning.models import DigitsCNN, DigitsMLP
-from kd_lightning.teacher import freeze, load_weights, read_state_dict, strip_prefixes
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

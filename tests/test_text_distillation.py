@@ -23,11 +23,11 @@ from kd_lightning import (
     TokenWindowLoader,
 )
 from kd_lightning.cli import build_cli
+from kd_lightning.core.objective import hard_label_loss
 from kd_lightning.data.text import TokenCollator
 from kd_lightning.losses import ForwardKLLoss, GeneralizedJSDLoss, HiddenCosineLoss, HiddenMSELoss, SkewKLLoss
 from kd_lightning.models.text import model_from_config
-from kd_lightning.modules.sequences import batch_targets
-from kd_lightning.objective import hard_label_loss
+from kd_lightning.modules._sequences import batch_targets
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

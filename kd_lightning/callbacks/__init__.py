@@ -2,9 +2,9 @@
 the int8 conversion of a quantization-aware fit."""
 
 from kd_lightning.callbacks.export import ExportStudent, ExportWeights, save_state_dict
-from kd_lightning.callbacks.measure import measure_network
 from kd_lightning.callbacks.quantize import ConvertQuantized
-from kd_lightning.callbacks.report import DistillationReport
+from kd_lightning.callbacks.report.callback import DistillationReport
+from kd_lightning.callbacks.report.measure import measure_network
 
 __all__ = [
     "ConvertQuantized",

@@ -20,10 +20,10 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from kd_lightning import batches
-from kd_lightning.export_formats import FORMATS, check_formats, export_network, export_paths
+from kd_lightning.core import batch as batches
+from kd_lightning.core.networks import hookless_copy
+from kd_lightning.export.formats import FORMATS, check_formats, export_network, export_paths
 from kd_lightning.files import atomic_write, read_checkpoint
-from kd_lightning.modules.temporal import hookless_copy
 
 STUDENT_PREFIX = "student."
 
@@ -195,7 +195,7 @@ class ExportStudent(TrainedWeightsExport):
     """Write ``pl_module.student`` as safetensors, TorchScript and ONNX when fit ends, as ``kd-lightning-export`` does.
 
     The files (``student.safetensors``, ``student.torchscript.pt``, ``student.onnx`` in ``dirpath``) come from
-    :func:`kd_lightning.export_formats.export_network`: each is loaded back (ONNX with onnxruntime) and checked against
+    :func:`kd_lightning.export.formats.export_network`: each is loaded back (ONNX with onnxruntime) and checked against
     the PyTorch student on the first training batch and on a batch of one before it is put in place; the summary
     (sizes, max abs differences) is logged. Nothing is written after a fit that made no optimizer step, failed, or
     left non-finite weights (a warning says why). Replacing files of an earlier export is logged.

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kd_lightning.local_paths import local_directory, require_transformers
+from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 UNITS = ("paragraph", "line", "sentence")
 CORPORA = ("python_help",)

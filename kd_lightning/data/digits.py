@@ -15,9 +15,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from kd_lightning.core.tokens import IGNORE_INDEX
 from kd_lightning.data.base import ReplayableDataset, SplitDataModule
 from kd_lightning.data.resumable import derive_seed
-from kd_lightning.tokens import IGNORE_INDEX
 
 
 def random_shift(image: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:

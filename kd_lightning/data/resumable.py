@@ -24,9 +24,9 @@ Use it in your own datamodule in place of the training ``DataLoader`` (validatio
 changes with the run's seed and is the same on every DDP process. Under DDP Lightning wraps the sampler in its
 ``DistributedSamplerWrapper`` (every process gets its shard of the same permutation) and re-creates the loader with
 it; the skip then counts each process's own batches. Exactness also needs the rest of the run to be restored: the
-global RNG states are saved by :mod:`kd_lightning.run_state` (the modules of this package do it in their checkpoint
-hooks). Datasets that draw augmentation from the global RNG are exact only with ``num_workers=0``; with workers, derive
-it from the sample and the epoch as ``DigitsDataset`` does.
+global RNG states are saved by :mod:`kd_lightning.modules._run_state` (the modules of this package do it in their
+checkpoint hooks). Datasets that draw augmentation from the global RNG are exact only with ``num_workers=0``; with
+workers, derive it from the sample and the epoch as ``DigitsDataset`` does.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 STATE_FORMAT = "kd_lightning.ResumableDataLoader/1"
-"""Marks a loader state in ``checkpoint["loops"]`` (:mod:`kd_lightning.run_state` corrects its position)."""
+"""Marks a loader state in ``checkpoint["loops"]`` (:mod:`kd_lightning.modules._run_state` corrects its position)."""
 _MASK64 = (1 << 64) - 1
 _WORKER_SEED_KEY = 0x5EED
 """Third key of the seed of the loader's generator (worker seeds), distinct from the permutation's two keys."""
@@ -242,8 +242,8 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, Any]:
         """``{"format", "seed", "epoch", "batches"}``: the epoch of the current pass and the batches it yielded.
 
-        Lightning saves it in ``checkpoint["loops"]``; :func:`kd_lightning.run_state.capture` replaces ``batches``
-        with the number of batches the trainer has finished (and moves a finished epoch to the next one).
+        Lightning saves it in ``checkpoint["loops"]``; :func:`kd_lightning.modules._run_state.capture` replaces
+        ``batches`` with the number of batches the trainer has finished (and moves a finished epoch to the next one).
         """
         epoch, batches = self._pending or (self._epoch if self._active is not None else self.epoch, self._batches)
         return {"format": STATE_FORMAT, "seed": self.seed, "epoch": int(epoch), "batches": int(batches)}

@@ -18,8 +18,8 @@ Batches are dicts ``input_ids`` ``[B, L]``, ``attention_mask`` ``[B, L]``, ``lab
 loss reads; absent for ``task: none``) and ``index`` ``[B]`` (``return_index``). The masks of sample ``index`` in epoch
 ``e`` are drawn from ``derive_seed(seed, e, index)`` (:func:`~kd_lightning.data.resumable.derive_seed`), never from the
 global RNG, so they replay exactly in workers and resumed runs. The training loader (:class:`TokenWindowLoader`) also
-attaches :data:`~kd_lightning.tokens.WINDOW_COUNTS`, the token counts of the batch's whole gradient-accumulation window,
-which makes per-token losses exact means over the effective batch.
+attaches :data:`~kd_lightning.core.tokens.WINDOW_COUNTS`, the token counts of the batch's whole gradient-accumulation
+window, which makes per-token losses exact means over the effective batch.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from kd_lightning.core.tokens import IGNORE_INDEX
 from kd_lightning.data.base import SplitDataModule
 from kd_lightning.data.corpus import (
     CORPORA,
@@ -47,7 +48,6 @@ from kd_lightning.data.corpus import (
 )
 from kd_lightning.data.resumable import derive_seed
 from kd_lightning.data.token_window import TokenWindowLoader
-from kd_lightning.tokens import IGNORE_INDEX
 
 TASKS = ("mlm", "clm", "none")
 

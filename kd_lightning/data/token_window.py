@@ -3,8 +3,8 @@ gradient-accumulation window, so per-token losses are exact means over the effec
 
 Lightning divides each micro-batch's loss by ``accumulate_grad_batches``; a token loss divided by its own micro-batch's
 token count then weighs the tokens of differently padded micro-batches unequally. The loader reads a window's batches
-together and attaches :data:`~kd_lightning.tokens.WINDOW_COUNTS` to each; the Lightning modules turn them into the
-normalisers of :class:`~kd_lightning.tokens.TokenTargets` (see :mod:`kd_lightning.modules.sequences`).
+together and attaches :data:`~kd_lightning.core.tokens.WINDOW_COUNTS` to each; the Lightning modules turn them into the
+normalisers of :class:`~kd_lightning.core.tokens.TokenTargets` (see :mod:`kd_lightning.modules._sequences`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from kd_lightning.core.tokens import WINDOW_COUNTS, token_counts
 from kd_lightning.data.resumable import ResumableDataLoader, _Positioned
-from kd_lightning.tokens import WINDOW_COUNTS, token_counts
 
 
 def _batch_counts(batch: Any) -> Tensor:
@@ -32,7 +32,7 @@ def _batch_counts(batch: Any) -> Tensor:
 
 
 def add_window_counts(batches: Sequence[Mapping[str, Tensor]]) -> None:
-    """Set ``batch[WINDOW_COUNTS]`` of every batch to the sum of :func:`~kd_lightning.tokens.token_counts` over all."""
+    """Set ``batch[WINDOW_COUNTS]`` of every batch to the sum of :func:`~kd_lightning.core.tokens.token_counts`."""
     total = torch.stack([_batch_counts(batch) for batch in batches]).sum(0)
     for batch in batches:
         batch[WINDOW_COUNTS] = total.clone()
@@ -91,11 +91,12 @@ class _WindowPass(_Positioned):
 class TokenWindowLoader(ResumableDataLoader):
     """A :class:`ResumableDataLoader` whose dict batches carry the token counts of their gradient-accumulation window.
 
-    It yields the same batches, but each gets ``batch[WINDOW_COUNTS]`` (:data:`~kd_lightning.tokens.WINDOW_COUNTS`):
-    the sum of :func:`~kd_lightning.tokens.token_counts` over the batches of its window, read ahead. Windows follow
-    Lightning's accumulation: batch ``j`` of the epoch belongs to window ``j // window`` (also after a mid-epoch
-    resume, whose first window is then shortened), and the last window of an epoch may be shorter. With
-    ``limit_train_batches`` not a multiple of ``window``, the trainer's last window ends earlier than the loader's.
+    It yields the same batches, but each gets ``batch[WINDOW_COUNTS]``
+    (:data:`~kd_lightning.core.tokens.WINDOW_COUNTS`): the sum of :func:`~kd_lightning.core.tokens.token_counts`
+    over the batches of its window, read ahead. Windows follow Lightning's accumulation: batch ``j`` of the epoch
+    belongs to window ``j // window`` (also after a mid-epoch resume, whose first window is then shortened), and the
+    last window of an epoch may be shorter. With ``limit_train_batches`` not a multiple of ``window``, the trainer's
+    last window ends earlier than the loader's.
 
     ``len()``, ``state_dict()`` (``batches``: the batches yielded, not those read ahead) and Lightning's DDP sampler
     injection (it re-creates the loader from its attributes, ``window`` included) work as for

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from kd_lightning.files import CheckpointFileError
-from kd_lightning.teacher import load_weights, read_state_dict, strip_prefixes
+from kd_lightning.files.weights import load_weights, read_state_dict, strip_prefixes
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 NETWORK_MODULES = ("huggingface_hub", "requests", "urllib3", "httpx", "urllib")

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kd_lightning.files.weights import load_weights
 from kd_lightning.models.digits import DigitsCNN, DigitsMLP, TinyCNN
-from kd_lightning.teacher import load_weights
 
 DIGITS_STAGES = ("stem", "layer1", "layer2", "layer3")
 DIGITS_NETWORKS = (DigitsCNN, TinyCNN, DigitsMLP)

@@ -1,7 +1,7 @@
 """Hugging Face transformers as teachers and students, as typed factories that YAML can configure by ``class_path``.
 
 Every path is local (a directory, or ``package:<module>/<folder>`` for weights a pip package ships; see
-:func:`kd_lightning.local_paths.local_directory`): nothing is downloaded, and a Hub id is an error saying so. A
+:func:`kd_lightning.files.local_dirs.local_directory`): nothing is downloaded, and a Hub id is an error saying so. A
 pretrained teacher, and a student initialised from it the way DistilBERT was (Sanh et al. 2019, "DistilBERT, a
 distilled version of BERT", ``scripts/extract_distilbert.py``: the teacher's embeddings, a subset of its layers and its
 heads, copied)::
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd_lightning.local_paths import local_directory, require_transformers
+from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 TASKS = ("auto", "masked_lm", "causal_lm", "base")
 MODEL_TYPES = ("bert", "gpt2")

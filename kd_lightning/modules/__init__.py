@@ -6,7 +6,7 @@ from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.offline import OfflineDistillation
 from kd_lightning.modules.online import OnlineDistillation
 from kd_lightning.modules.self_distillation import SelfDistillation
-from kd_lightning.modules.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher, TemporalTeacher
+from kd_lightning.teachers.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher, TemporalTeacher
 
 __all__ = [
     "BYOTExits",

@@ -30,15 +30,20 @@ try:  # FSDP2 (fully_shard modules under ModelParallelStrategy)
 except ImportError:  # a torch without it: nothing to reshard
     FSDPModule = ()
 
-from kd_lightning import batches, run_state
-from kd_lightning.batches import Batch, Inputs
-from kd_lightning.features import HIDDEN, LOGITS, FeatureTap
+from kd_lightning.core import batch as batches
+from kd_lightning.core.batch import Batch, Inputs
+from kd_lightning.core.objective import DistillTerm, Objective, Target, missing_labels_error, total_loss
+from kd_lightning.core.taps import HIDDEN, LOGITS, FeatureTap
+from kd_lightning.core.tokens import TokenTargets, is_causal_lm
 from kd_lightning.files import AtomicCheckpointIO, read_checkpoint
-from kd_lightning.modules import checks, evaluation, performance, restore, sequences
-from kd_lightning.modules.restore import CHECKPOINT_KEY
-from kd_lightning.objective import DistillTerm, Objective, Target, missing_labels_error, total_loss
-from kd_lightning.teacher import describe_keys
-from kd_lightning.tokens import TokenTargets, is_causal_lm
+from kd_lightning.files.weights import describe_keys
+from kd_lightning.modules import _checkpoints as restore
+from kd_lightning.modules import _evaluation as evaluation
+from kd_lightning.modules import _guards as checks
+from kd_lightning.modules import _performance as performance
+from kd_lightning.modules import _run_state as run_state
+from kd_lightning.modules import _sequences as sequences
+from kd_lightning.modules._checkpoints import CHECKPOINT_KEY
 
 DRY_RUN_SAMPLES = 8
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
@@ -61,7 +66,7 @@ def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
 
 
 class DistillationModule(L.LightningModule):
-    """Base of every mode: the student, an :class:`~kd_lightning.objective.Objective`, metrics and optimizers.
+    """Base of every mode: the student, an :class:`~kd_lightning.core.objective.Objective`, metrics and optimizers.
 
     Args:
         student: the network to train and deploy; ``forward(x)`` returns its logits.
@@ -154,7 +159,7 @@ class DistillationModule(L.LightningModule):
     def targets(self, batch: Batch) -> Target:
         """What the objective compares with: labels ``[B]`` (``None`` when the batch has none), or the token targets
         of a sequence batch (labels, attention mask, causal shift, and in training the normalisers of the effective
-        batch: see :mod:`kd_lightning.modules.sequences`)."""
+        batch: see :mod:`kd_lightning.modules._sequences`)."""
         normalizers = None
         if self.training and self._trainer is not None and self.trainer.training:
             normalizers = sequences.window_normalizers(batch, self.trainer, self._warned_token_window)

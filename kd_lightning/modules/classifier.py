@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from kd_lightning.modules._guards import check_network
 from kd_lightning.modules.base import DistillationModule
-from kd_lightning.modules.checks import check_network
 
 
 class Classifier(DistillationModule):

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from rich.table import Table
 from torch import Tensor, nn
 
-from kd_lightning.features import LOGITS
+from kd_lightning.core.networks import hookless_copy
+from kd_lightning.core.objective import hard_label_loss
+from kd_lightning.core.taps import LOGITS
 from kd_lightning.losses import LazyAdapter, kd_loss
-from kd_lightning.modules.temporal import hookless_copy
-from kd_lightning.objective import hard_label_loss
 
 
 def exit_key(layer: str) -> str:

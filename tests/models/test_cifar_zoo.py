@@ -17,7 +17,7 @@ from torch import nn
 
 import kd_lightning.models
 from kd_lightning.cli import build_cli
-from kd_lightning.features import FeatureTap
+from kd_lightning.core.taps import FeatureTap
 from kd_lightning.models import CIFAR_NETWORKS
 
 RESNET = {"relu": (16, 32, 32), "layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8), "pool": (64,)}

@@ -14,7 +14,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from kd_lightning.callbacks.export import save_state_dict
-from kd_lightning.features import FeatureTap
+from kd_lightning.core.taps import FeatureTap
 from kd_lightning.models import DigitsCNN, DigitsMLP, resnet8, resnet20, resnet32, timm_model
 from kd_lightning.models.shallow import shallow_copy
 

@@ -28,7 +28,7 @@ from kd_lightning import (
     SnapshotTeacher,
 )
 from kd_lightning.losses import FitNetsLoss, KDLoss, LazyAdapter
-from kd_lightning.modules.checks import NonFiniteLossError
+from kd_lightning.modules._guards import NonFiniteLossError
 
 SGD = functools.partial(torch.optim.SGD, lr=1.0)
 

@@ -23,8 +23,8 @@ from kd_lightning import (
     PSKDTeacher,
     SelfDistillation,
 )
+from kd_lightning.core.objective import Objective, hard_label_loss
 from kd_lightning.losses import DKDLoss, KDLoss
-from kd_lightning.objective import Objective, hard_label_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

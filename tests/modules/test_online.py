@@ -10,11 +10,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_lightning import DigitsDataModule, DigitsMLP, DistillTerm, TinyCNN
 from kd_lightning.cli import build_cli
+from kd_lightning.core.objective import total_loss
 from kd_lightning.losses import KDLoss, kd_loss
 from kd_lightning.losses.feature import FitNetsLoss
 from kd_lightning.losses.relation import SPLoss
 from kd_lightning.modules.online import OnlineDistillation
-from kd_lightning.objective import total_loss
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
 TINY_CLI = [

@@ -9,7 +9,7 @@ from helpers import CONFIGS
 from kd_lightning.cli import build_cli
 from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.self_distillation import SelfDistillation
-from kd_lightning.modules.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
+from kd_lightning.teachers.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
 
 TINY_BUDGET = [
     "--trainer.max_steps=3",

@@ -14,7 +14,7 @@ from kd_lightning import DigitsCNN, DigitsDataModule, DigitsMLP, DistillTerm
 from kd_lightning.losses import KDLoss
 from kd_lightning.losses.feature import ATLoss
 from kd_lightning.modules.self_distillation import SelfDistillation
-from kd_lightning.modules.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
+from kd_lightning.teachers.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
 

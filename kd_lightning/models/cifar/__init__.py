@@ -47,7 +47,7 @@ WRNs), ``classifier`` (VGG, MobileNetV2) or ``linear`` (ShuffleNets, ResNet50).
 
 Example:
     >>> import torch
-    >>> from kd_lightning.features import FeatureTap
+    >>> from kd_lightning.core.taps import FeatureTap
     >>> with FeatureTap(resnet8(num_classes=100), ["layer3", "pool"]) as tap:
     ...     {name: tuple(value.shape) for name, value in tap(torch.randn(2, 3, 32, 32)).items()}
     {'logits': (2, 100), 'layer3': (2, 64, 8, 8), 'pool': (2, 64)}

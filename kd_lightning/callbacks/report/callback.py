@@ -1,0 +1,254 @@
+"""``DistillationReport``: at the end of test, teacher and student side by side — the evidence for deploying one.
+
+For every network of the run (see :mod:`~kd_lightning.callbacks.report.networks`: teacher and student, every peer,
+every early exit) it gathers the parameters, the size on disk and the CPU latency and throughput
+(:func:`~kd_lightning.callbacks.report.measure.measure_network`) and the test metrics the module logged, then adds the
+headline (:mod:`~kd_lightning.callbacks.report.headline`) and renders it all
+(:mod:`~kd_lightning.callbacks.report.render`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from rich.console import Console
+
+from kd_lightning.callbacks.report import render as report_render
+from kd_lightning.callbacks.report.headline import headline
+from kd_lightning.callbacks.report.measure import SIZE_METHOD, batch_of, cpu_inputs, measure_network
+from kd_lightning.callbacks.report.networks import Deployable, deployables
+from kd_lightning.core import batch as batches
+from kd_lightning.core.networks import count_parameters
+from kd_lightning.files import atomic_write
+
+FIELDS = ("acc", "ppl", "agreement", "kl", "cosine")
+"""Test metrics of a network in the report (``None`` where they do not apply)."""
+BASELINE_FIELDS = (
+    "class",
+    "parameters",
+    "size_bytes",
+    "latency_ms",
+    "throughput",
+    "latency_runs",
+    "throughput_runs",
+    "acc",
+    "ppl",
+)
+FILES = ("report.json", "report.md", "report.png")
+STUDENT_ALONE_FIX = (
+    "set student_alone to the report.json that a run of the student alone wrote into its log directory (e.g. "
+    "runs/digits/baseline/lightning_logs/version_0/report.json after `kd-lightning fit --config "
+    "configs/digits/baseline.yaml`), or to null"
+)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def read_student_alone(path: str) -> dict[str, Any]:
+    """The deployed network's row of another run's ``report.json``, as the report's "student alone" row.
+
+    Raises:
+        ValueError: the file is missing, unreadable, not JSON or not written by :class:`DistillationReport`.
+    """
+    try:
+        report = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(
+            f"expected student_alone to be a readable report.json but got {path!r}: {error.strerror or error}; "
+            f"{STUDENT_ALONE_FIX}."
+        ) from None
+    except ValueError as error:
+        raise ValueError(
+            f"expected student_alone to be JSON but {path!r} is not ({error}); {STUDENT_ALONE_FIX}."
+        ) from None
+    networks = report.get("networks") if isinstance(report, dict) else None
+    row = next((n for n in networks or [] if isinstance(n, dict) and n.get("role") == "student"), None)
+    if row is None or not isinstance(row.get("parameters"), int):
+        raise ValueError(
+            f"expected student_alone to be a report.json written by DistillationReport (a 'networks' list with the "
+            f"student's row) but {path!r} has none; {STUDENT_ALONE_FIX}."
+        )
+    threads = report.get("measurement", {}).get("threads")
+    values = {key: row.get(key) for key in BASELINE_FIELDS}
+    return {"name": "student alone", "role": "student alone", **values, "source": str(path), "threads": threads}
+
+
+class DistillationReport(L.Callback):
+    """At the end of test: parameters, size on disk, CPU latency and throughput, test metrics and the headline
+    ("N\u00d7 smaller, M\u00d7 faster, P% of the teacher's accuracy") of every network of the run, side by side.
+
+    The report is printed as a table, logged once to the trainer's loggers (``report/<network>/<field>``, and
+    ``report/<student>_vs_<reference>/{smaller,faster,share}``), and written to the run directory
+    (``trainer.log_dir``, or ``default_root_dir`` without a logger) as ``report.json``, ``report.md`` and
+    ``report.png`` (accuracy against parameters and against latency). It runs on rank 0 only. Timings are taken on
+    the CPU on real inputs (the first test batch: one sample for latency, its samples repeated to
+    ``throughput_batch`` for throughput) with ``threads`` intra-op threads (the method:
+    :mod:`kd_lightning.callbacks.report.measure`). A plot that cannot be drawn (a model without test accuracy has no
+    plot), or a network that cannot be timed, is a warning, never a failed run.
+
+    ``report.json`` holds ``networks`` (one row per network: ``name``, ``role``, ``class``, ``parameters``,
+    ``size_bytes``, ``latency_ms``, ``throughput`` in samples/s, ``acc``, ``ppl``, ``agreement``, ``kl``,
+    ``cosine``), ``headlines``, ``headline``, ``measurement`` (threads, repeats, input shape, methods), and, as
+    before, ``student_params``, ``teacher_params`` and every ``test/...`` metric.
+
+    Args:
+        path: also write the JSON to this file (``None``: the run directory only).
+        verbose: print the table.
+        student_alone: the ``report.json`` of a run of the student alone (a ``Classifier`` baseline): its network
+            becomes the "student alone" row and plot point. Read, and checked, when the callback is built.
+        threads: intra-op CPU threads while timing (``None``: torch's current setting); restored afterwards.
+        warmup: untimed calls before timing, per network and batch size.
+        repeats: timed runs per network and batch size; the median is reported.
+        max_seconds: budget of warm-up and timing per network and batch size (at least one warm-up call and one
+            timed run are made): bounds the cost of large networks, which then get fewer runs (``latency_runs``,
+            ``throughput_runs`` in the JSON).
+        throughput_batch: batch size of the throughput measurement.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        verbose: bool = True,
+        student_alone: str | None = None,
+        threads: int | None = 1,
+        warmup: int = 3,
+        repeats: int = 20,
+        max_seconds: float = 1.0,
+        throughput_batch: int = 64,
+    ) -> None:
+        for name, value, low in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"expected {name} to be an integer >= {low} but got {value!r}; set {name}: {low}.")
+        if not isinstance(throughput_batch, int) or throughput_batch < 1:
+            raise ValueError(f"expected throughput_batch to be an integer >= 1 but got {throughput_batch!r}.")
+        if not max_seconds > 0:
+            raise ValueError(f"expected max_seconds > 0 but got {max_seconds!r}; set max_seconds: 1.0.")
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"expected path to be a file to write but got the directory {path!r}; add a file name.")
+        self.path, self.verbose, self.student_alone = path, verbose, student_alone
+        self.threads, self.warmup, self.repeats, self.max_seconds = threads, warmup, repeats, max_seconds
+        self.throughput_batch = throughput_batch
+        self.baseline = read_student_alone(student_alone) if student_alone is not None else None
+        self.summary: dict[str, Any] = {}
+        self.written: list[Path] = []
+        self._example: batches.Inputs | None = None
+
+    # ----------------------------------------------------------------- hooks
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._example = None
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Keep a CPU copy of the first test batch's inputs: the timing inputs."""
+        if self._example is None and trainer.is_global_zero:
+            self._example = cpu_inputs(batches.inputs_of(batches.parts(batch)[0]))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: Trainer.log_dir broadcasts
+        if not trainer.is_global_zero:
+            return
+        if not isinstance(getattr(pl_module, "student", None), torch.nn.Module):
+            rank_zero_warn(f"DistillationReport needs a module with a student network, not {type(pl_module).__name__}")
+            return
+        self.summary = self.build(trainer, pl_module)
+        self.publish(trainer, directory)
+
+    # ----------------------------------------------------------------- the numbers
+    def build(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The report of a finished test run as plain numbers (what ``report.json`` holds)."""
+        metrics = {
+            key: _finite(float(value)) for key, value in trainer.callback_metrics.items() if key.startswith("test/")
+        }
+        if self._example is None:
+            rank_zero_warn("DistillationReport saw no test batch: sizes are reported, latency and throughput are not.")
+        entries = deployables(pl_module)
+        networks = [self.measured(entry, metrics) for entry in entries]
+        if self.baseline is not None:
+            position = next(i for i, row in enumerate(networks) if row["role"] == "student")
+            networks.insert(position, dict(self.baseline))
+            if self.baseline["threads"] != self.measurement()["threads"]:
+                rank_zero_warn(
+                    f"the student alone ({self.student_alone}) was timed with {self.baseline['threads']} thread(s) "
+                    f"and this run with {self.measurement()['threads']}: set the same report.threads to compare them."
+                )
+        by_name = {row["name"]: row for row in networks}
+        headlines = [
+            headline(by_name[entry.name], by_name[other]) for entry in entries for other in entry.compared_with
+        ]
+        teacher = next((row for row in networks if row["role"] == "teacher"), None)
+        return {
+            "student_params": next(row for row in networks if row["role"] == "student")["parameters"],
+            "teacher_params": teacher["parameters"] if teacher else None,
+            **metrics,
+            "networks": networks,
+            "headlines": headlines,
+            "headline": headlines[0]["text"] if headlines else None,
+            "measurement": self.measurement(),
+        }
+
+    def measured(self, entry: Deployable, metrics: dict[str, float | None]) -> dict[str, Any]:
+        """One network's row: parameters, size, timings (``None``, with a warning, if it cannot be timed), metrics."""
+        network = entry.network
+        row: dict[str, Any] = {"name": entry.name, "role": entry.role, "class": type(network).__name__}
+        row.update(parameters=count_parameters(network), size_bytes=None, latency_ms=None, throughput=None)
+        row.update(latency_runs=None, throughput_runs=None)
+        try:
+            settings = dict(threads=self.threads, warmup=self.warmup, repeats=self.repeats)
+            settings.update(max_seconds=self.max_seconds, throughput_batch=self.throughput_batch)
+            row.update(measure_network(network, self._example, **settings))
+        except Exception as error:  # a report never fails a finished run: the row says what is missing
+            rank_zero_warn(f"the report could not measure {entry.name!r} ({type(error).__name__}: {error})")
+        row.update({name: metrics.get(entry.metrics[name]) if name in entry.metrics else None for name in FIELDS})
+        row["reference"] = entry.reference
+        return row
+
+    def measurement(self) -> dict[str, Any]:
+        """How the sizes and timings were taken."""
+        example = None if self._example is None else batch_of(self._example, 1)
+        shape = (
+            {key: list(value.shape) for key, value in example.items()}
+            if isinstance(example, dict)
+            else (list(example.shape) if example is not None else None)
+        )
+        return {
+            "device": "cpu",
+            "threads": self.threads if self.threads is not None else torch.get_num_threads(),
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "max_seconds": self.max_seconds,
+            "throughput_batch": self.throughput_batch,
+            "input_shape": shape,
+            "latency": "median seconds per call (batch 1) under torch.inference_mode, in ms",
+            "throughput": f"samples per second at batch {self.throughput_batch} (median time per call)",
+            "size": SIZE_METHOD,
+            "torch": torch.__version__,
+        }
+
+    # ----------------------------------------------------------------- the outputs
+    def publish(self, trainer: L.Trainer, directory: Path) -> None:
+        """Print the table, log the scalars once, write ``report.json``, ``report.md`` and ``report.png``."""
+        report = self.summary
+        if self.verbose:
+            Console().print(report_render.rich_table(report))
+        values = report_render.logged_metrics(report)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+            logger.save()
+        text = json.dumps(report, indent=2)
+        json_paths = [directory / FILES[0], *([Path(self.path)] if self.path else [])]
+        self.written = [atomic_write(path, lambda temporary: temporary.write_text(text)) for path in json_paths]
+        markdown = report_render.markdown(report)
+        self.written.append(atomic_write(directory / FILES[1], lambda temporary: temporary.write_text(markdown)))
+        try:
+            self.written.append(report_render.plot(report, directory / FILES[2]))
+        except Exception as error:  # cosmetic: the numbers are written already
+            rank_zero_warn(f"the report's plot {directory / FILES[2]} was not drawn ({type(error).__name__}: {error})")

@@ -1,0 +1,126 @@
+"""The ``kd-lightning`` command: LightningCLI with modules and datamodules chosen by ``class_path``.
+
+``kd-lightning fit --config configs/digits/offline_kd.yaml`` trains, then tests the best checkpoint and prints the
+:class:`~kd_lightning.callbacks.DistillationReport` (``--test_after_fit false`` skips that). Errors are printed once,
+without a traceback unless ``KD_LIGHTNING_DEBUG=1`` (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from kd_lightning.callbacks import DistillationReport
+from kd_lightning.cli import resume
+from kd_lightning.cli.diagnose import debug_requested, diagnose
+from kd_lightning.modules import DistillationModule
+
+
+class KDArgumentParser(LightningArgumentParser):
+    """Lightning's parser, made safe for networks built by a function (``class_path: kd_lightning.models.timm_model``,
+    ``torchvision.models.resnet18``) inside a model whose ``num_classes`` is linked from the datamodule.
+
+    A jsonargparse bug (every release up to 4.53, the newest): the link ``data.num_classes`` ->
+    ``model.init_args.num_classes`` stores ``linked_targets={"num_classes"}`` in the ``model`` action's sub-parser
+    options. When a later value for ``model`` (``--model.init_args.ce_weight=0.5``) is merged into the config,
+    ``ActionTypeHint.discard_init_args_on_class_path_change`` builds a parser for every nested ``class_path`` of the
+    model (the teacher, the student) with those same options, and for a function ``cached_get_class_parser`` drops
+    ``instantiate`` but not ``linked_targets``: ``add_function_arguments() got an unexpected keyword argument
+    'linked_targets'``. The option only clears "required" from the link's targets, which are the model's, not the
+    builder's: it is ignored here.
+    """
+
+    def add_function_arguments(
+        self, function: Callable, *args: Any, linked_targets: Any = None, **kwargs: Any
+    ) -> list[str]:
+        return super().add_function_arguments(function, *args, **kwargs)
+
+
+class KDLightningCLI(LightningCLI):
+    """LightningCLI that links ``data.num_classes`` into the model and tests after fitting."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, as :class:`KDArgumentParser` (every sub-parser jsonargparse makes is of this class)."""
+        if self.parser_class is LightningArgumentParser:
+            self.parser_class = KDArgumentParser
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_lightning_class_args(DistillationReport, "report")
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which re-parses the model from the checkpoint's hyperparameters (so a checkpoint
+        of another module silently changed the run, and config edits were dropped): see :mod:`kd_lightning.cli.resume`.
+        ``--ckpt_path last`` becomes the run's newest ``last.ckpt`` or an error; a checkpoint of another module or
+        model configuration is refused; a resumed fit logs into the run it resumes."""
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else None
+        if section is not None and section.get("ckpt_path"):
+            section["ckpt_path"] = str(resume.resolve(section["ckpt_path"], section, subcommand))
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit", True):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt_path = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+
+
+def _raising_parser_kwargs() -> dict[str, dict[str, bool] | bool]:
+    """Parser options for the main parser and every subcommand parser: parse errors raise (the boundary prints
+    them) instead of exiting, and options are never abbreviated (``--trainer.max_epoch`` is a typo, not a prefix)."""
+    options = {"exit_on_error": False, "allow_abbrev": False}
+    return {**options, **{name: dict(options) for name in KDLightningCLI.subcommands()}}
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> KDLightningCLI:
+    """Parse ``args`` (default ``sys.argv``), instantiate, and run the subcommand unless ``run=False``."""
+    return KDLightningCLI(
+        DistillationModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=_raising_parser_kwargs(),
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``kd-lightning`` console script, and the CLI's one error boundary.
+
+    Any error -- parsing, instantiating the config, or the run -- is printed once to stderr as a short block
+    (:mod:`kd_lightning.cli.diagnose`), and the process exits with 2 for a rejected command line or config, 1 for a run
+    that failed and 130 after Ctrl-C. ``KD_LIGHTNING_DEBUG=1`` or ``--debug`` adds the full traceback. ``--help`` and
+    ``--print_config`` exit as usual.
+    """
+    from_argv = args is None
+    args, debug = debug_requested(sys.argv[1:] if from_argv else args)
+    if from_argv:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (passing it as `args` would warn)
+    try:
+        build_cli(None if from_argv else args)
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        # Lightning turns Ctrl-C during fit into sys.exit(1), raised while handling the KeyboardInterrupt
+        interrupted = isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
+        if isinstance(error, SystemExit) and not interrupted:
+            raise
+        diagnosis = diagnose(error.__context__ if interrupted else error, args)
+        sys.stdout.flush()
+        if debug:
+            traceback.print_exception(error)
+        print(diagnosis.render(debug_hint=not debug), file=sys.stderr)
+        raise SystemExit(diagnosis.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Import paths of earlier releases, resolved to where the code lives now.
+
+Checkpoints record class paths (``hyper_parameters`` written by the CLI, the module class in
+``checkpoint["kd_lightning"]``) and users' configs name them in ``class_path``; both keep working after a module
+moved: :func:`install` puts a finder on ``sys.meta_path`` that answers an old module path with the new module object
+(``import kd_lightning.cache`` gives ``kd_lightning.teachers.cache_store``), so every name defined there resolves under
+the old path too. :func:`current_path` rewrites a dotted class path the same way, for comparisons.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from types import ModuleType
+
+MOVED_MODULES: dict[str, str] = {
+    "kd_lightning.batches": "kd_lightning.core.batch",
+    "kd_lightning.tokens": "kd_lightning.core.tokens",
+    "kd_lightning.features": "kd_lightning.core.taps",
+    "kd_lightning.objective": "kd_lightning.core.objective",
+    "kd_lightning.teacher": "kd_lightning.files.weights",
+    "kd_lightning.local_paths": "kd_lightning.files.local_dirs",
+    "kd_lightning.normalization": "kd_lightning.teachers.normalization",
+    "kd_lightning.cache": "kd_lightning.teachers.cache_store",
+    "kd_lightning.run_state": "kd_lightning.modules._run_state",
+    "kd_lightning.deploy": "kd_lightning.export.deploy",
+    "kd_lightning.export_formats": "kd_lightning.export.formats",
+    "kd_lightning.resume": "kd_lightning.cli.resume",
+    "kd_lightning.loggers": "kd_lightning.cli.loggers",
+    "kd_lightning.diagnose": "kd_lightning.cli.diagnose",
+    "kd_lightning.modules.temporal": "kd_lightning.teachers.temporal",
+    "kd_lightning.modules.checks": "kd_lightning.modules._guards",
+    "kd_lightning.modules.restore": "kd_lightning.modules._checkpoints",
+    "kd_lightning.modules.evaluation": "kd_lightning.modules._evaluation",
+    "kd_lightning.modules.performance": "kd_lightning.modules._performance",
+    "kd_lightning.modules.sequences": "kd_lightning.modules._sequences",
+    "kd_lightning.callbacks.report_networks": "kd_lightning.callbacks.report.networks",
+    "kd_lightning.callbacks.report_render": "kd_lightning.callbacks.report.render",
+    "kd_lightning.callbacks.headline": "kd_lightning.callbacks.report.headline",
+    "kd_lightning.callbacks.measure": "kd_lightning.callbacks.report.measure",
+}
+"""Old module path -> the module that holds its names now."""
+
+MOVED_NAMES: dict[str, str] = {}
+"""Old ``module.Name`` -> new ``module.Name``, for names that changed module on their own (filled as classes move)."""
+
+
+def current_path(dotted: str) -> str:
+    """The current dotted path of an old module or ``module.Name`` path (unchanged when it did not move).
+
+    Example:
+        >>> current_path("kd_lightning.cache.TeacherCache")
+        'kd_lightning.teachers.cache_store.TeacherCache'
+    """
+    if dotted in MOVED_NAMES:
+        return MOVED_NAMES[dotted]
+    if dotted in MOVED_MODULES:
+        return MOVED_MODULES[dotted]
+    module, _, name = dotted.rpartition(".")
+    if module in MOVED_MODULES:
+        return f"{MOVED_MODULES[module]}.{name}"
+    return dotted
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers an old module path with the module now holding its code (the same object, not a copy)."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec:
+        if fullname not in MOVED_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return importlib.import_module(MOVED_MODULES[spec.name])
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to run: the module was imported under its own path."""
+
+
+def install() -> None:
+    """Put the finder on ``sys.meta_path`` once (``kd_lightning/__init__`` calls it)."""
+    if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModuleFinder())  # before the path finders: a stale old file never wins
