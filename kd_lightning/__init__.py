@@ -1,4 +1,10 @@
-"""kd_lightning: knowledge distillation as PyTorch Lightning modules."""
+"""kd_lightning: knowledge distillation as PyTorch Lightning modules.
+
+The package's folders, each importing only those before it: ``losses`` (what is taught), ``core`` (the batch, the
+targets, feature taps, the objective), ``files`` (disk), ``models``, ``data``, ``teachers`` (who teaches), ``modules``
+(the LightningModules, one per mode), ``export``, ``callbacks``, ``cli`` (the commands; nothing imports it). This
+file only re-exports the public API.
+"""
 
 from kd_lightning.core import moved
 
@@ -6,10 +12,11 @@ moved.install()  # old import paths (checkpoints, configs) resolve to where the 
 
 # ruff: noqa: E402
 from kd_lightning.callbacks import ConvertQuantized, DistillationReport, ExportStudent, ExportWeights, measure_network
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.networks import freeze
 from kd_lightning.core.objective import DistillTerm, Objective
 from kd_lightning.core.taps import FeatureTap
-from kd_lightning.core.tokens import TokenTargets
+from kd_lightning.core.tokens import Targets, TokenTargets
 from kd_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -37,28 +44,41 @@ from kd_lightning.models import (
 from kd_lightning.modules import (
     BYOTExits,
     Classifier,
+    Deployable,
     DistillationModule,
-    EMATeacher,
+    LayerwiseSelfDistillation,
     OfflineDistillation,
     OnlineDistillation,
-    PSKDTeacher,
     SelfDistillation,
-    SnapshotTeacher,
+    TemporalSelfDistillation,
 )
-from kd_lightning.modules._guards import NonFiniteLossError
-from kd_lightning.teachers.cache_store import TeacherCache, TeacherCacheError
-from kd_lightning.teachers.normalization import Renormalize
+from kd_lightning.modules._nonfinite import NonFiniteLossError
+from kd_lightning.teachers import (
+    CachedTeacher,
+    EMATeacher,
+    FrozenTeacher,
+    PSKDTeacher,
+    Renormalize,
+    SnapshotTeacher,
+    TeacherCache,
+    TeacherCacheError,
+    TeacherEnsemble,
+    TeacherSource,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AtomicCheckpointIO",
     "BYOTExits",
+    "Batch",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "CachedTeacher",
     "CheckpointFileError",
     "Classifier",
     "ConvertQuantized",
+    "Deployable",
     "DigitsCNN",
     "DigitsDataModule",
     "DigitsMLP",
@@ -71,7 +91,9 @@ __all__ = [
     "ExportStudent",
     "ExportWeights",
     "FeatureTap",
+    "FrozenTeacher",
     "ImageFolderDataModule",
+    "LayerwiseSelfDistillation",
     "NonFiniteLossError",
     "Objective",
     "OfflineDistillation",
@@ -82,8 +104,12 @@ __all__ = [
     "SelfDistillation",
     "SnapshotTeacher",
     "SyntheticImageDataModule",
+    "Targets",
     "TeacherCache",
     "TeacherCacheError",
+    "TeacherEnsemble",
+    "TeacherSource",
+    "TemporalSelfDistillation",
     "TextDataModule",
     "TinyCNN",
     "TokenLoss",

@@ -108,7 +108,7 @@ def trainer_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 def frozen_teacher(module: nn.Module) -> nn.Module | None:
     """The frozen, trained teacher of ``OfflineDistillation`` (``None`` for modes whose teacher learns or is a copy)."""
-    return module.teacher if isinstance(module, OfflineDistillation) else None
+    return module.teacher.network if isinstance(module, OfflineDistillation) else None
 
 
 def clone_state(module: nn.Module) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class ShardedOfflineDistillation(OfflineDistillation):
 
         mesh = self.device_mesh["data_parallel"]
         if self.shard_teacher:
-            fully_shard(self.teacher, mesh=mesh)
+            fully_shard(self.teacher.network, mesh=mesh)
         fully_shard(self.student, mesh=mesh)
 
 

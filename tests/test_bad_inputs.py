@@ -220,14 +220,26 @@ CLI_MISTAKES = [
     ),
     CliMistake("negative ce_weight", plain("--model.init_args.ce_weight=-1"), ("ce_weight >= 0",), 2),
     CliMistake(
-        "self-distillation without exits or teacher",
+        "self-distillation without exits or teacher (the earlier SelfDistillation entry point)",
         edited(
             "self_ema.yaml",
-            "    teacher:\n      class_path: kd_lightning.teachers.temporal.EMATeacher\n"
-            "      init_args: {decay: 0.98}\n",
-            "",
+            "  class_path: kd_lightning.TemporalSelfDistillation\n  init_args:\n    student:\n"
+            "      class_path: kd_lightning.models.DigitsMLP\n      init_args: {num_classes: 10, hidden: [32]}\n"
+            "    teacher:\n      class_path: kd_lightning.EMATeacher\n      init_args: {decay: 0.98}\n",
+            "  class_path: kd_lightning.SelfDistillation\n  init_args:\n    student:\n"
+            "      class_path: kd_lightning.models.DigitsMLP\n      init_args: {num_classes: 10, hidden: [32]}\n",
         ),
         ("exactly one of", "EMATeacher", "neither"),
+        2,
+    ),
+    CliMistake(
+        "temporal self-distillation without a teacher",
+        edited(
+            "self_ema.yaml",
+            "    teacher:\n      class_path: kd_lightning.EMATeacher\n      init_args: {decay: 0.98}\n",
+            "",
+        ),
+        ("missing", "teacher", "EMATeacher"),
         2,
     ),
     CliMistake(

@@ -52,7 +52,7 @@ class TeacherCalls(L.Callback):
         self.in_step, self.calls = False, 0
 
     def on_fit_start(self, trainer, pl_module):
-        pl_module.teacher.register_forward_hook(lambda *args: self.count())
+        pl_module.teacher.live.network.register_forward_hook(lambda *args: self.count())
 
     def count(self) -> None:
         self.calls += self.in_step
@@ -92,7 +92,7 @@ def test_cached_run_gives_the_uncached_losses_without_running_the_teacher(tmp_pa
 def test_with_augmentation_every_step_trains_on_the_view_the_teacher_saw(tmp_path, one_torch_thread):
     cache = TeacherCache(tmp_path / "cache", views=2, dtype="float32")
     run = fit(lambda: make_module(cache), tmp_path, epochs=3, augment=True)
-    dataset, teacher = run.data.splits["train"], run.module.teacher
+    dataset, teacher = run.data.splits["train"], run.module.teacher.live.network
     epochs_seen = {epoch for _, _, epoch in run.batches}
     assert epochs_seen == {0, 1, 2}
     for inputs, index, epoch in run.batches:
@@ -288,4 +288,6 @@ def test_two_ddp_processes_share_one_build(tmp_path):
     images = torch.stack([dataset.sample(i, 0)[0] for i in range(len(dataset))])
     stored = torch.from_numpy(np.load(reopened.path / "logits.npy"))[0]
     with torch.no_grad():
-        assert torch.allclose(stored, run.module.teacher(images), atol=1e-5)  # every row written, by either process
+        assert torch.allclose(
+            stored, run.module.teacher.live.network(images), atol=1e-5
+        )  # every row written, by either process

@@ -50,4 +50,4 @@ def test_teacher_config_exports_weights_that_distillation_loads(in_project_copy)
     shutil.copyfile(exported, shipped)  # the install step in the config's header (`cp ... checkpoints/`)
     cli = build_cli(["--config", str(CONFIGS / "digits/offline_kd.yaml")], run=False)
     for key, value in restored.student.state_dict().items():
-        assert torch.equal(cli.model.teacher.state_dict()[key], value) or "num_batches" in key
+        assert torch.equal(cli.model.teacher.network.state_dict()[key], value) or "num_batches" in key

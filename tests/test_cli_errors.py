@@ -60,7 +60,7 @@ def attention(*replacements: tuple[str, str]) -> list[str]:
 
 
 BYOT_EXITS = (
-    "    exits:\n      class_path: kd_lightning.modules.exits.BYOTExits\n      init_args:\n"
+    "    exits:\n      class_path: kd_lightning.BYOTExits\n      init_args:\n"
     "        layers: [layer1, layer2]\n        feature_layer: pool\n        alpha: 0.1\n        temperature: 3.0\n"
     "        hint_weight: 0.00013\n"
 )
@@ -237,7 +237,16 @@ MISTAKES = [
     ),
     (
         "SelfDistillation with neither exits nor teacher",
-        lambda: ["fit", "--config", edited("digits/self_byot.yaml", (BYOT_EXITS, "")), *TINY],
+        lambda: [
+            "fit",
+            "--config",
+            edited(
+                "digits/self_byot.yaml",
+                (BYOT_EXITS, ""),
+                ("kd_lightning.LayerwiseSelfDistillation", "kd_lightning.SelfDistillation"),
+            ),
+            *TINY,
+        ],
         2,
         ["SelfDistillation needs exactly one of", "but got neither", "where: model (bad.yaml)"],
         "but got neither",

@@ -142,9 +142,11 @@ def test_exported_files_reproduce_the_student(run_export, checkpoints, digits, t
         for fmt, suffix in [("safetensors", ".safetensors"), ("torchscript", ".torchscript.pt"), ("onnx", ".onnx")]
     }
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in files.values())
-    module_class = {"offline_kd": "OfflineDistillation", "online_kd": "OnlineDistillation"}.get(
-        name, "SelfDistillation"
-    )
+    module_class = {
+        "offline_kd": "OfflineDistillation",
+        "online_kd": "OnlineDistillation",
+        "self_byot": "LayerwiseSelfDistillation",
+    }.get(name, "TemporalSelfDistillation")
     assert f"exported {network} (the student of {module_class}," in out
     assert "checked against PyTorch on a test batch of DigitsDataModule [64, 1, 8, 8] and on a batch of 1" in out
     for path in files.values():
@@ -273,7 +275,7 @@ BAD_INPUTS = {
     "--exit on a module without exits": (
         lambda ckpts, tmp: [ckpts["self_ema"], "--exit", "layer1"],
         2,
-        ["SelfDistillation has none", "BYOTExits", "without --exit"],
+        ["TemporalSelfDistillation has none", "BYOTExits", "without --exit"],
     ),
     "unknown exit": (
         lambda ckpts, tmp: [ckpts["self_byot"], "--exit", "layer9"],

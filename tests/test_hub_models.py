@@ -95,15 +95,15 @@ def test_timm_teacher_distils_into_a_torchvision_student_by_layer_name(tmp_path,
     assert cli.model.objective.ce_weight == 0.5
     assert isinstance(cli.model.student, torchvision.models.ResNet) and cli.model.student.fc.out_features == 10
     for key, value in trained.state_dict().items():
-        assert torch.equal(cli.model.teacher.state_dict()[key], value)
+        assert torch.equal(cli.model.teacher.network.state_dict()[key], value)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 2
     metrics = cli.trainer.callback_metrics
     assert all(torch.isfinite(metrics[f"train/{name}"]) for name in ("loss", "kd", "at", "rkd"))
     # the datamodule's statistics (mean 0, std 1) are the student's; the teacher's are ImageNet's
-    to_teacher = cli.model.teacher_input
+    to_teacher = cli.model.teacher.renormalize
     assert torch.allclose(to_teacher.scale, 1 / torch.tensor(IMAGENET["std"]))
-    assert not [key for key in cli.model.state_dict() if key.startswith("teacher_input")]
+    assert not [key for key in cli.model.state_dict() if "renormalize" in key]
 
 
 @pytest.mark.parametrize(
@@ -121,13 +121,13 @@ def test_command_line_overrides_work_beside_a_builder_function(tmp_path, teacher
     config = hub_config(tmp_path, teacher, terms=[term("KDLoss", 0.9)])
     overrides = ["--model.init_args.ce_weight=0.5", "--model.init_args.teacher.init_args.num_classes=10"]
     cli = build_cli(["--config", config, *overrides], run=False)
-    assert cli.model.objective.ce_weight == 0.5 and cli.model.teacher.fc.out_features == 10
+    assert cli.model.objective.ce_weight == 0.5 and cli.model.teacher.network.fc.out_features == 10
 
 
 def test_timm_model_arguments_from_yaml_and_command_line(tmp_path):
     config = hub_config(tmp_path, timm_teacher(in_chans=3, model_args={"drop_rate": 0.1}))
     cli = build_cli(["--config", config, "--model.init_args.teacher.init_args.model_args={drop_rate: 0.2}"], run=False)
-    assert cli.model.teacher.drop_rate == 0.2
+    assert cli.model.teacher.network.drop_rate == 0.2
 
 
 def test_a_layer_name_of_the_other_family_is_an_error_before_the_first_step(tmp_path, capsys):
@@ -237,11 +237,14 @@ def test_the_teacher_sees_its_own_normalisation_and_the_student_the_batch():
         + torch.tensor(CIFAR["mean"]).view(1, 3, 1, 1)
         - torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1)
     ) / torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
-    assert torch.allclose(module.teacher.seen, expected, atol=1e-5) and not module.teacher.seen.requires_grad
+    assert (
+        torch.allclose(module.teacher.network.seen, expected, atol=1e-5)
+        and not module.teacher.network.seen.requires_grad
+    )
     assert module.hparams["teacher_normalization"] == IMAGENET
     plain = OfflineDistillation(student, InputRecorder())
     plain.teacher_outputs((x, None))
-    assert plain.teacher.seen is x
+    assert plain.teacher.network.seen is x
     unset = OfflineDistillation(student, InputRecorder(), teacher_normalization=IMAGENET)
     with pytest.raises(RuntimeError, match=r"call set_student_normalization\(\(mean, std\)\) first"):
         unset.teacher_outputs((x, None))

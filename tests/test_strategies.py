@@ -84,7 +84,7 @@ def read_ranks(tmp_path: Path, world_size: int) -> list[dict]:
 
 
 def teacher_file_state() -> dict[str, torch.Tensor]:
-    return {f"teacher.{key}": value for key, value in load_file(TEACHER_WEIGHTS).items()}
+    return {f"teacher.network.{key}": value for key, value in load_file(TEACHER_WEIGHTS).items()}
 
 
 def assert_teacher_matches_file(state: dict[str, torch.Tensor]) -> None:

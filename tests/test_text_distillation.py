@@ -23,11 +23,11 @@ from kd_lightning import (
     TokenWindowLoader,
 )
 from kd_lightning.cli import build_cli
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.objective import hard_label_loss
 from kd_lightning.data.text import TokenCollator
 from kd_lightning.losses import ForwardKLLoss, GeneralizedJSDLoss, HiddenCosineLoss, HiddenMSELoss, SkewKLLoss
 from kd_lightning.models.text import model_from_config
-from kd_lightning.modules._sequences import batch_targets
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,6 +79,7 @@ def module(model_type: str) -> OfflineDistillation:
         ce_weight=1.0,
         num_classes=VOCAB,
         optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        allow_untrained_teacher=True,  # tiny random models
     )
 
 
@@ -139,7 +140,7 @@ def test_two_ddp_processes_train_like_one_batch(tmp_path):
 def test_the_hard_loss_is_the_models_own_lm_loss(model_type):
     student = tiny(model_type, 2, 16, seed=1)
     batch = TokenCollator(pad_token_id=0)([Sequences(causal=model_type == "gpt2")[i] for i in range(4)])
-    targets = batch_targets(batch, causal=model_type == "gpt2")
+    targets = Batch.parse(batch).targets(causal=model_type == "gpt2")
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = student(**{key: batch[key] for key in ("input_ids", "attention_mask", "labels")}).loss
     assert torch.allclose(hard_label_loss(logits, targets), expected, atol=1e-6)
@@ -163,6 +164,7 @@ model:
     teacher: {{class_path: kd_lightning.models.text.model_from_config,
       init_args: {network % "hidden_size: 32, num_layers: 3, seed: 0"}}}
     ce_weight: {0.0 if task == "none" else 1.0}
+    allow_untrained_teacher: true
     terms:
       - class_path: kd_lightning.DistillTerm
         init_args: {{loss: {{class_path: kd_lightning.losses.GeneralizedJSDLoss, init_args: {{beta: 0.5}}}}}}

@@ -1,10 +1,11 @@
-"""Callbacks: the end-of-test distillation report (and its CPU measurements), weight and deployable-student export, and
-the int8 conversion of a quantization-aware fit."""
+"""Callbacks: the end-of-test distillation report (and its CPU measurements), and the end-of-fit exports of the
+deployable student (its weights, its checked files, its int8 conversion).
 
-from kd_lightning.callbacks.export import ExportStudent, ExportWeights, save_state_dict
-from kd_lightning.callbacks.quantize import ConvertQuantized
-from kd_lightning.callbacks.report.callback import DistillationReport
-from kd_lightning.callbacks.report.measure import measure_network
+May import: ``kd_lightning.losses``, ``core``, ``files``, ``models``, ``data``, ``teachers``, ``modules``, ``export``.
+"""
+
+from kd_lightning.callbacks.export import ConvertQuantized, ExportStudent, ExportWeights, save_state_dict
+from kd_lightning.callbacks.report import DistillationReport, measure_network
 
 __all__ = [
     "ConvertQuantized",

@@ -1,6 +1,7 @@
 """Export the deployable network (the module's ``student``) at the end of fit: ``ExportWeights`` writes its state
 dict, ``ExportStudent`` writes it as safetensors, TorchScript and ONNX, each file checked (the files of
-``kd-lightning-export``).
+``kd-lightning-export``), ``ConvertQuantized`` writes a quantization-aware student as int8 TorchScript. All three
+take one decision whether the fit's weights may be written (:meth:`TrainedWeightsExport.checked_weights`).
 
 Nothing is exported after a fit that made no optimizer step, was interrupted, or whose weights are not finite: the
 previous files stay as they were. Files are written atomically (:func:`kd_lightning.files.atomic_write`), and
@@ -20,10 +21,12 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from kd_lightning.core import batch as batches
+from kd_lightning.core.batch import parse_parts
 from kd_lightning.core.networks import hookless_copy
-from kd_lightning.export.formats import FORMATS, check_formats, export_network, export_paths
+from kd_lightning.export.formats import FORMATS, check_formats, export_network, export_paths, write_int8
 from kd_lightning.files import atomic_write, read_checkpoint
+from kd_lightning.files.weights import first_nonfinite
+from kd_lightning.models.quantized import QuantizedNetwork
 
 STUDENT_PREFIX = "student."
 
@@ -57,17 +60,7 @@ def describe_existing(path: str | Path) -> str | None:
     return f"{info.st_size / 1000:,.1f} kB, modified {datetime.fromtimestamp(info.st_mtime):%Y-%m-%d %H:%M:%S}"
 
 
-def first_nonfinite(state_dict: Mapping[str, Tensor]) -> str | None:
-    """``"key (3 of 64 values are NaN/inf)"`` for the first tensor holding NaN or inf, ``None`` if all are finite."""
-    for key, value in state_dict.items():
-        if value.is_floating_point() or value.is_complex():
-            bad = int((~torch.isfinite(value)).sum())
-            if bad:
-                return f"{key!r} ({bad} of its {value.numel()} values are NaN/inf)"
-    return None
-
-
-def fingerprint(module: torch.nn.Module) -> list[float]:
+def weight_sums(module: torch.nn.Module) -> list[float]:
     """Sum and absolute sum of every floating-point parameter: changes with any optimizer step that moved a weight."""
     sums = [
         torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
@@ -91,19 +84,19 @@ class TrainedWeightsExport(L.Callback):
     def __init__(self, best: bool = True) -> None:
         self.best = best
         self.start_step: int | None = None
-        self.start_fingerprint: list[float] | None = None
+        self.start_sums: list[float] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start_step, self.start_fingerprint = None, None
+        self.start_step, self.start_sums = None, None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start_step = trainer.global_step  # after a resume restored the step count
-        self.start_fingerprint = fingerprint(pl_module.student)
+        self.start_sums = weight_sums(pl_module.student)
 
     def checked_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict[str, Tensor] | None, str]:
         """``(state dict, where it comes from)`` to export, or ``(None, why not)``."""
         reason = self.reason_not_to_export(trainer)
-        if reason is None and self.start_fingerprint == fingerprint(pl_module.student):
+        if reason is None and self.start_sums == weight_sums(pl_module.student):
             reason = (
                 f"expected the fit to change the weights but they are those it started with, after "
                 f"{trainer.global_step - (self.start_step or 0)} optimizer step(s) (were they all skipped, e.g. by "
@@ -234,7 +227,7 @@ class ExportStudent(TrainedWeightsExport):
             if existing is not None:
                 rank_zero_info(f"ExportStudent: replacing {target} ({existing})")
         files = export_network(
-            network, folder, example_inputs(trainer), self.formats, opset=self.opset, log=rank_zero_info
+            network, folder, example_inputs(pl_module), self.formats, opset=self.opset, log=rank_zero_info
         )
         for file in files:
             rank_zero_info(
@@ -243,14 +236,11 @@ class ExportStudent(TrainedWeightsExport):
             )
 
 
-def example_inputs(trainer: L.Trainer) -> Tensor:
+def example_inputs(pl_module: L.LightningModule) -> Tensor:
     """The inputs of the fit's first training batch, on the CPU: what the exported files are checked on."""
-    if trainer.datamodule is not None:
-        loader = trainer.datamodule.train_dataloader()
-    else:
-        loader = trainer.fit_loop._data_source.dataloader()
+    loader = pl_module.training_dataloader()
     loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader
-    inputs = batches.inputs_of(next(iter(loader)))
+    inputs = next(iter(parse_parts(next(iter(loader))).values())).inputs
     if not isinstance(inputs, Tensor):
         raise ValueError(
             f"ExportStudent: expected training batches whose inputs are one tensor [B, ...] but got "
@@ -258,3 +248,51 @@ def example_inputs(trainer: L.Trainer) -> Tensor:
             "ExportWeights for the state dict)."
         )
     return inputs.detach().cpu().float()
+
+
+class ConvertQuantized(TrainedWeightsExport):
+    """Convert the fake-quantized student to int8 when the fit ends and save it as TorchScript at ``path``.
+
+    The student must be built by :func:`~kd_lightning.models.quantized.quantized_copy` (checked in ``setup``, before
+    any training). The int8 network is one more format of the export (:func:`kd_lightning.export.formats.write_int8`):
+    written to a temporary file, reloaded with ``torch.jit.load`` and checked against the converted network before it
+    is put in place. Nothing is written (a warning says why) after a fit that made no optimizer step, was interrupted,
+    ran as a ``fast_dev_run``, did not change the weights, or left NaN/inf in them::
+
+        callbacks:
+          - class_path: kd_lightning.ConvertQuantized
+            init_args: {path: runs/digits/qad/student_int8.pt}
+
+    Args:
+        path: the TorchScript file to write (e.g. ``runs/digits/qad/student_int8.pt``).
+        best: convert the best checkpoint of the ``ModelCheckpoint`` callback, if it saved one, else the final student.
+    """
+
+    def __init__(self, path: str, best: bool = True) -> None:
+        super().__init__(best)
+        self.path = path
+        self.size: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        student = getattr(pl_module, "student", None)
+        if stage == "fit" and not isinstance(student, QuantizedNetwork):
+            raise ValueError(
+                f"ConvertQuantized: expected a fake-quantized student built by kd_lightning.models.quantized."
+                f"quantized_copy but got {type(student).__name__}; build the student with class_path: "
+                f"kd_lightning.models.quantized.quantized_copy, or remove the callback."
+            )
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state_dict, source = self.checked_weights(trainer, pl_module)
+        if state_dict is None:
+            rank_zero_warn(f"ConvertQuantized: not writing {self.path}: {source}; an existing file is left as it was.")
+            return
+        student = hookless_copy(pl_module.student).cpu().eval()
+        student.load_state_dict(state_dict, strict=True)
+        written = write_int8(student, Path(self.path), example_inputs(pl_module))
+        self.size = written.size
+        rank_zero_info(
+            f"ConvertQuantized: wrote the int8 student ({source}) to {self.path} ({self.size / 1000:.1f} kB, max abs "
+            f"diff {written.max_abs_diff:.3g} against the int8 network in PyTorch)"
+        )

@@ -7,18 +7,22 @@ without a traceback unless ``KD_LIGHTNING_DEBUG=1`` (see :func:`main`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from kd_lightning.callbacks import DistillationReport
 from kd_lightning.cli import resume
-from kd_lightning.cli.diagnose import debug_requested, diagnose
+from kd_lightning.cli.diagnose import debug_requested, error_boundary
+from kd_lightning.files import AtomicCheckpointIO
 from kd_lightning.modules import DistillationModule
+from kd_lightning.modules._lightning import CheckpointPathCLI
 
 
 class KDArgumentParser(LightningArgumentParser):
@@ -41,7 +45,7 @@ class KDArgumentParser(LightningArgumentParser):
         return super().add_function_arguments(function, *args, **kwargs)
 
 
-class KDLightningCLI(LightningCLI):
+class KDLightningCLI(CheckpointPathCLI):
     """LightningCLI that links ``data.num_classes`` into the model and tests after fitting."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -55,7 +59,7 @@ class KDLightningCLI(LightningCLI):
         parser.add_lightning_class_args(DistillationReport, "report")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
 
-    def _parse_ckpt_path(self) -> None:
+    def resolve_ckpt_path(self) -> None:
         """Replaces LightningCLI's, which re-parses the model from the checkpoint's hyperparameters (so a checkpoint
         of another module silently changed the run, and config edits were dropped): see :mod:`kd_lightning.cli.resume`.
         ``--ckpt_path last`` becomes the run's newest ``last.ckpt`` or an error; a checkpoint of another module or
@@ -64,6 +68,15 @@ class KDLightningCLI(LightningCLI):
         section = self.config[subcommand] if subcommand else None
         if section is not None and section.get("ckpt_path"):
             section["ckpt_path"] = str(resume.resolve(section["ckpt_path"], section, subcommand))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Lightning's Trainer, with checkpoint files written atomically and read by the library's defensive loader
+        (:class:`~kd_lightning.files.AtomicCheckpointIO`) unless the config gives its own checkpoint IO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        strategy = trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):
@@ -105,21 +118,23 @@ def main(args: list[str] | None = None) -> None:
     """
     from_argv = args is None
     args, debug = debug_requested(sys.argv[1:] if from_argv else args)
-    if from_argv:
-        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (passing it as `args` would warn)
-    try:
+    with error_boundary(args, debug), _argv_without_debug(args if from_argv else None), warnings.catch_warnings():
         build_cli(None if from_argv else args)
-    except (Exception, KeyboardInterrupt, SystemExit) as error:
-        # Lightning turns Ctrl-C during fit into sys.exit(1), raised while handling the KeyboardInterrupt
-        interrupted = isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
-        if isinstance(error, SystemExit) and not interrupted:
-            raise
-        diagnosis = diagnose(error.__context__ if interrupted else error, args)
-        sys.stdout.flush()
-        if debug:
-            traceback.print_exception(error)
-        print(diagnosis.render(debug_hint=not debug), file=sys.stderr)
-        raise SystemExit(diagnosis.exit_code) from None
+
+
+@contextlib.contextmanager
+def _argv_without_debug(args: list[str] | None) -> Iterator[None]:
+    """``sys.argv[1:]`` as ``args`` inside the block (LightningCLI reads ``sys.argv`` itself; passing the arguments
+    as ``args`` too would warn), restored after it."""
+    if args is None:
+        yield
+        return
+    saved = sys.argv[:]
+    sys.argv[1:] = args
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 if __name__ == "__main__":

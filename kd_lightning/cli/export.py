@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 from torch import Tensor, nn
 
 from kd_lightning.callbacks.export import describe_existing
-from kd_lightning.cli.diagnose import INTERRUPT_EXIT, PROG, RUN_EXIT, USAGE_EXIT, debug_requested, diagnose
+from kd_lightning.cli.diagnose import RUN_EXIT, USAGE_EXIT, debug_requested, error_boundary
 from kd_lightning.core.networks import count_parameters
 from kd_lightning.export import deploy
 from kd_lightning.export.formats import FORMATS, ExportedFile, Log, export_network, export_paths
@@ -180,31 +178,16 @@ def summary(plan: Plan, files: Sequence[ExportedFile], checkpoint: str) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``kd-lightning-export`` console script, and its one error boundary (see the module doc)."""
+    """Entry point of the ``kd-lightning-export`` console script, inside the commands' one error boundary."""
     args, debug = debug_requested(sys.argv[1:] if args is None else args)
-    try:
+    with error_boundary(args, debug, COMMAND, USAGE_EXIT):
         options = build_parser().parse_args(args)
         plan = plan_export(options)
-    except (Exception, KeyboardInterrupt) as error:
-        _fail(error, args, debug, USAGE_EXIT)
-    try:
+    with error_boundary(args, debug, COMMAND, RUN_EXIT):
         for line in plan.replaced:
             print(f"replacing {plan.folder / line}")
         files = export_network(plan.network, plan.folder, plan.inputs, options.formats, plan.name, options.opset)
-    except (Exception, KeyboardInterrupt) as error:
-        _fail(error, args, debug, RUN_EXIT)
     print(summary(plan, files, options.checkpoint))
-
-
-def _fail(error: BaseException, args: Sequence[str], debug: bool, exit_code: int) -> NoReturn:
-    diagnosis = diagnose(error, args)
-    if diagnosis.exit_code != INTERRUPT_EXIT:
-        diagnosis.exit_code = exit_code
-    sys.stdout.flush()
-    if debug:
-        traceback.print_exception(error)
-    print(diagnosis.render(debug_hint=not debug).replace(f"{PROG}:", f"{COMMAND}:", 1), file=sys.stderr)
-    raise SystemExit(diagnosis.exit_code) from None
 
 
 if __name__ == "__main__":

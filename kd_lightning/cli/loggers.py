@@ -9,22 +9,13 @@ a run (see :mod:`kd_lightning.cli.resume`).
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-
-class _AppendingWriter(ExperimentWriter):
-    """An experiment writer that keeps an existing ``metrics.csv`` and continues it."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+from kd_lightning.modules._lightning import AppendingCSVWriter
 
 
 class CSVLogger(LightningCSVLogger):
@@ -41,9 +32,9 @@ class CSVLogger(LightningCSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
+    def experiment(self) -> ExperimentWriter:
         """The writer (rank 0 only); an appending one when ``append``."""
         if self._experiment is None and self.append:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = AppendingCSVWriter(log_dir=self.log_dir)
         return super().experiment

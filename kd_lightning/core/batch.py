@@ -1,6 +1,7 @@
-"""What a training or evaluation batch holds, whatever its form, and how a network is called on it.
+"""``Batch``: what a training or evaluation batch holds, parsed once at the top of every step.
 
-Three forms are understood (see the design's batch contract):
+A loader may yield any of these forms; :meth:`Batch.parse` reads each into one :class:`Batch` and nothing below the
+modules looks at the raw form again:
 
 * tuples or lists ``(x,)``, ``(x, y)``, ``(x, y, index)`` — images or any tensor input; ``(x,)`` is a label-free
   transfer set, and a label of ``-100`` marks an unlabelled sample in a mixed set;
@@ -8,29 +9,32 @@ Three forms are understood (see the design's batch contract):
   ``pixel_values``, ... are the model's keyword arguments; ``labels`` (optional), ``index`` and
   :data:`~kd_lightning.core.tokens.WINDOW_COUNTS` are metadata and never passed to the model;
 * a dict of such batches, as Lightning's ``CombinedLoader`` yields when ``train_dataloader`` returns a dict of loaders
-  (``{"labelled": (x, y), "unlabelled": (x,)}``): each part is its own batch.
+  (``{"labelled": (x, y), "unlabelled": (x,)}``): :func:`parse_parts` gives each part as its own ``Batch``.
+
+Per-sample context a loss needs (the sample indices for CRD's memory bank, PS-KD's stored predictions, a teacher
+cache's rows) is ``Batch.index``; the token counts of the gradient-accumulation window are ``Batch.window_counts``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor
 
-from kd_lightning.core.tokens import WINDOW_COUNTS
+from kd_lightning.core.tokens import WINDOW_COUNTS, Targets
 
-Batch = Sequence[Tensor] | Mapping[str, Tensor]
 Inputs = Tensor | Mapping[str, Tensor]
-LABELS = "labels"
-INDEX = "index"
-ATTENTION_MASK = "attention_mask"
+"""A model input: one tensor, or the keyword arguments of a Hugging Face model."""
+LABELS, INDEX, ATTENTION_MASK = "labels", "index", "attention_mask"
 METADATA = frozenset({LABELS, INDEX, WINDOW_COUNTS})
 """Keys of a dict batch that are not model inputs."""
+SEQUENCE_KEYS = ("input_ids", "attention_mask")
 
 
-def is_combined(batch: Any) -> bool:
-    """Whether ``batch`` is a dict of batches (Lightning's ``CombinedLoader`` over a dict of loaders).
+def is_combined(raw: Any) -> bool:
+    """Whether ``raw`` is a dict of batches (Lightning's ``CombinedLoader`` over a dict of loaders).
 
     Example:
         >>> import torch
@@ -40,69 +44,144 @@ def is_combined(batch: Any) -> bool:
         False
     """
     return (
-        isinstance(batch, Mapping)
-        and bool(batch)
-        and all(isinstance(part, (Mapping, tuple, list)) for part in batch.values())
+        isinstance(raw, Mapping)
+        and bool(raw)
+        and all(isinstance(part, (Mapping, tuple, list, Batch)) for part in raw.values())
     )
 
 
-def parts(batch: Any) -> list[Batch]:
-    """The batches a training batch is made of: the parts of a combined batch, else the batch itself."""
-    return list(batch.values()) if is_combined(batch) else [batch]
+@dataclass(frozen=True)
+class Batch:
+    """One batch, whatever form the loader yielded.
+
+    Attributes:
+        inputs: the model input: ``x`` ``[B, ...]``, or a dict of keyword tensors (``input_ids`` ``[B, L]``, ...).
+        labels: class indices ``[B]`` or token labels ``[B, L]`` (``-100`` = no label); ``None`` for a label-free batch.
+        index: each sample's index in its dataset ``[B]``, when the loader gives it.
+        window_counts: token counts of the batch's gradient-accumulation window (a ``TokenWindowLoader``), or
+            ``None``.
+
+    Example:
+        >>> import torch
+        >>> batch = Batch.parse((torch.zeros(4, 1, 8, 8), torch.arange(4)))
+        >>> batch.size, batch.labels.tolist(), batch.index is None
+        (4, [0, 1, 2, 3], True)
+    """
+
+    inputs: Inputs
+    labels: Tensor | None = None
+    index: Tensor | None = None
+    window_counts: Tensor | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> Batch:
+        """Read a tuple/list or dict batch (a ``Batch`` is returned as it is); see the module docstring."""
+        if isinstance(raw, Batch):
+            return raw
+        if isinstance(raw, Mapping):
+            inputs = {key: value for key, value in raw.items() if key not in METADATA}
+            return cls(inputs, raw.get(LABELS), raw.get(INDEX), raw.get(WINDOW_COUNTS))
+        if isinstance(raw, Tensor):
+            return cls(raw)
+        items = list(raw)
+        return cls(items[0], items[1] if len(items) > 1 else None, items[2] if len(items) > 2 else None)
+
+    # ----------------------------------------------------------------- what it holds
+    @property
+    def size(self) -> int:
+        """The number of samples (the first dimension of the first input tensor)."""
+        inputs = self.inputs
+        if isinstance(inputs, Mapping):
+            inputs = next((value for value in inputs.values() if isinstance(value, Tensor)), None)
+        return len(inputs) if isinstance(inputs, Tensor) else 0
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether this is a batch of token sequences (dict inputs with ``input_ids`` or ``attention_mask``)."""
+        return isinstance(self.inputs, Mapping) and any(key in self.inputs for key in SEQUENCE_KEYS)
+
+    @property
+    def attention_mask(self) -> Tensor | None:
+        """``attention_mask`` ``[B, L]`` of a dict batch, else ``None``."""
+        return self.inputs.get(ATTENTION_MASK) if isinstance(self.inputs, Mapping) else None
+
+    @property
+    def sequence_shape(self) -> tuple[int, int]:
+        """``(B, L)`` of a sequence batch."""
+        for value in (*(self.inputs.get(key) for key in SEQUENCE_KEYS), self.labels):
+            if isinstance(value, Tensor):
+                return tuple(value.shape[:2])
+        raise ValueError("expected a sequence batch with input_ids, attention_mask or labels [B, L].")
+
+    @property
+    def device(self) -> Any:
+        """The device of the inputs."""
+        inputs = self.inputs
+        if isinstance(inputs, Mapping):
+            inputs = next(value for value in inputs.values() if isinstance(value, Tensor))
+        return inputs.device
+
+    def targets(self, causal: bool = False, normalizers: Mapping[str, Tensor] | None = None) -> Targets:
+        """What the objective compares with (see :class:`~kd_lightning.core.tokens.Targets`): the labels, and for a
+        sequence batch the attention mask, the causal shift of the student and the token normalisers."""
+        if not self.is_sequence:
+            return Targets(self.labels)
+        return Targets(
+            self.labels,
+            self.attention_mask,
+            causal=causal,
+            normalizers=normalizers,
+            shape=self.sequence_shape,
+            device=self.device,
+            sequence=True,
+        )
+
+    # ----------------------------------------------------------------- derived batches
+    def call(self, network: Callable[..., Any]) -> Any:
+        """``network(x)`` for a tensor input, ``network(**inputs)`` for keyword inputs."""
+        return call(network, self.inputs)
+
+    def map_inputs(self, function: Callable[[Tensor], Tensor]) -> Batch:
+        """The batch with ``function`` applied to every model-input tensor (labels, index and counts unchanged)."""
+        if isinstance(self.inputs, Mapping):
+            return replace(self, inputs={key: function(value) for key, value in self.inputs.items()})
+        return replace(self, inputs=function(self.inputs))
+
+    def head(self, count: int) -> Batch:
+        """The first ``count`` samples (window counts kept: they describe the whole window)."""
+
+        def first(value: Any) -> Any:
+            return value[:count] if isinstance(value, Tensor) and value.ndim else value
+
+        if isinstance(self.inputs, Mapping):
+            inputs = {key: first(value) for key, value in self.inputs.items()}
+        else:
+            inputs = first(self.inputs)
+        return replace(self, inputs=inputs, labels=first(self.labels), index=first(self.index))
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """``(inputs, labels, index)`` without the trailing ``None`` items (the loader's tuple form)."""
+        items = [self.inputs, self.labels, self.index]
+        while items and items[-1] is None:
+            items.pop()
+        return tuple(items)
+
+    def __getitem__(self, position: int) -> Any:
+        """``batch[0]`` inputs, ``batch[1]`` labels, ``batch[2]`` index: research code written for tuple batches."""
+        return (self.inputs, self.labels, self.index)[position]
+
+    def __len__(self) -> int:
+        """The length of the tuple form (:meth:`as_tuple`): 1 for ``(x,)``, 2 for ``(x, y)``, 3 with the index."""
+        return len(self.as_tuple())
 
 
-def inputs_of(batch: Batch) -> Inputs:
-    """The model input: ``x`` of a tuple batch, or the model's keyword arguments of a dict batch."""
-    if isinstance(batch, Mapping):
-        return {key: value for key, value in batch.items() if key not in METADATA}
-    return batch[0]
+def parse_parts(raw: Any) -> dict[str | None, Batch]:
+    """The batches a training batch is made of: ``{name: Batch}`` of a combined batch, else ``{None: Batch}``."""
+    if is_combined(raw):
+        return {name: Batch.parse(part) for name, part in raw.items()}
+    return {None: Batch.parse(raw)}
 
 
-def labels_of(batch: Batch) -> Tensor | None:
-    """The labels: ``y`` of ``(x, y[, index])``, ``batch["labels"]``; ``None`` for a label-free batch."""
-    if isinstance(batch, Mapping):
-        return batch.get(LABELS)
-    return batch[1] if len(batch) > 1 else None
-
-
-def index_of(batch: Batch) -> Tensor | None:
-    """The samples' indices in their dataset: ``index`` of ``(x, y, index)`` or ``batch["index"]``, else ``None``."""
-    if isinstance(batch, Mapping):
-        return batch.get(INDEX)
-    return batch[2] if len(batch) > 2 else None
-
-
-def attention_mask_of(batch: Batch) -> Tensor | None:
-    """``batch["attention_mask"]`` ``[B, L]`` of a dict batch, else ``None``."""
-    return batch.get(ATTENTION_MASK) if isinstance(batch, Mapping) else None
-
-
-def size_of(batch: Batch) -> int:
-    """The number of samples in the batch (the first dimension of its first input tensor)."""
-    inputs = inputs_of(batch)
-    if isinstance(inputs, Mapping):
-        inputs = next((value for value in inputs.values() if isinstance(value, Tensor)), None)
-    return len(inputs) if isinstance(inputs, Tensor) else 0
-
-
-def call(network: Any, inputs: Inputs) -> Any:
+def call(network: Callable[..., Any], inputs: Inputs) -> Any:
     """``network(x)`` for a tensor input, ``network(**inputs)`` for keyword inputs."""
     return network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
-
-
-def map_inputs(batch: Batch, function: Any) -> Batch:
-    """The batch with ``function`` applied to every model-input tensor (labels, index and metadata unchanged)."""
-    if isinstance(batch, Mapping):
-        return {key: value if key in METADATA else function(value) for key, value in batch.items()}
-    items = [function(batch[0]), *batch[1:]]
-    return tuple(items) if isinstance(batch, tuple) else items
-
-
-def head(batch: Batch, count: int) -> Batch:
-    """The first ``count`` samples of a batch (every tensor sliced along dim 0; window counts kept)."""
-    if isinstance(batch, Mapping):
-        return {
-            key: value[:count] if isinstance(value, Tensor) and key != WINDOW_COUNTS and value.ndim else value
-            for key, value in batch.items()
-        }
-    return [item[:count] if isinstance(item, Tensor) else item for item in batch]

@@ -37,15 +37,20 @@ MOVED_MODULES: dict[str, str] = {
     "kd_lightning.modules.evaluation": "kd_lightning.modules._evaluation",
     "kd_lightning.modules.performance": "kd_lightning.modules._performance",
     "kd_lightning.modules.sequences": "kd_lightning.modules._sequences",
-    "kd_lightning.callbacks.report_networks": "kd_lightning.callbacks.report.networks",
     "kd_lightning.callbacks.report_render": "kd_lightning.callbacks.report.render",
     "kd_lightning.callbacks.headline": "kd_lightning.callbacks.report.headline",
     "kd_lightning.callbacks.measure": "kd_lightning.callbacks.report.measure",
+    "kd_lightning.callbacks.quantize": "kd_lightning.callbacks.export",
 }
 """Old module path -> the module that holds its names now."""
 
-MOVED_NAMES: dict[str, str] = {}
-"""Old ``module.Name`` -> new ``module.Name``, for names that changed module on their own (filled as classes move)."""
+MOVED_NAMES: dict[str, str] = {
+    "kd_lightning.modules.EMATeacher": "kd_lightning.teachers.temporal.EMATeacher",
+    "kd_lightning.modules.SnapshotTeacher": "kd_lightning.teachers.temporal.SnapshotTeacher",
+    "kd_lightning.modules.PSKDTeacher": "kd_lightning.teachers.temporal.PSKDTeacher",
+    "kd_lightning.modules.TemporalTeacher": "kd_lightning.teachers.temporal.StudentCopy",
+}
+"""Old ``module.Name`` -> new ``module.Name``, for names that changed module on their own."""
 
 
 def current_path(dotted: str) -> str:

@@ -5,10 +5,10 @@ DKD's warm-up) and the outputs it compares: ``"logits"`` or ``named_modules()`` 
 teacher (a list of paths for multi-layer relations such as FSP). :class:`Objective` sums the hard-label loss and the
 terms and returns every weighted component by name, so each one can be logged.
 
-The labels are class indices ``[B]`` (``-100`` marks an unlabelled sample of a mixed transfer set), ``None`` for a
-label-free batch (then ``ce_weight`` must be 0), or a :class:`~kd_lightning.core.tokens.TokenTargets` for sequences: the
-hard loss is then the model's masked- or causal-LM loss and the token-level terms read the positions it selects,
-normalised per real token of the effective batch.
+The targets are a :class:`~kd_lightning.core.tokens.Targets`: class indices ``[B]`` (``-100`` marks an unlabelled
+sample of a mixed transfer set), none for a label-free batch (then ``ce_weight`` must be 0), or, for sequences, the
+token targets: the hard loss is then the model's masked- or causal-LM loss and the token-level terms read the positions
+they select, normalised per real token of the effective batch. Plain labels (a tensor, or ``None``) are accepted too.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_lightning.core.taps import LOGITS
-from kd_lightning.core.tokens import IGNORE_INDEX, TokenTargets
+from kd_lightning.core.tokens import IGNORE_INDEX, Targets, as_targets
 from kd_lightning.losses.base import ANY_LAYERS
 from kd_lightning.losses.token import token_cross_entropy
 
 Outputs = Mapping[str, Tensor]
 LayerSpec = str | Sequence[str]
-Target = Tensor | TokenTargets | None
-"""Labels ``[B]`` of classes, ``None`` (label-free), or the token targets of a sequence batch."""
+Target = Targets | Tensor | None
+"""A :class:`~kd_lightning.core.tokens.Targets`, or plain labels (``[B]``, ``[B, L]``, ``None``)."""
 
 
 def _as_names(spec: LayerSpec) -> tuple[str, ...]:
@@ -177,12 +177,12 @@ class DistillTerm(nn.Module):
         else:
             teacher_inputs = teacher_inputs.detach()
         weight = self.weight_at(epoch)
+        target = as_targets(target)
         if self.token_kind is None:
-            labels = target.labels if isinstance(target, TokenTargets) else target
-            return weight * self.loss(student_inputs, teacher_inputs, labels)
+            return weight * self.loss(student_inputs, teacher_inputs, target.labels)
         first = student_inputs[0] if isinstance(student_inputs, tuple) else student_inputs
-        tokens = as_token_targets(target, first)
-        rule = "hidden" if self.token_kind == "hidden" else getattr(self.loss, "positions", "auto")
+        tokens = target.for_outputs(first)
+        rule = "hidden" if self.token_kind == "hidden" else getattr(self.loss, "positions", "real")
         value = self.loss(student_inputs, teacher_inputs, tokens.labels, tokens.mask(rule), tokens.num_tokens(rule))
         return weight * value
 
@@ -251,7 +251,8 @@ class Objective(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Target, epoch: int = 0) -> dict[str, Tensor]:
         losses = {}
-        if self.ce_weight > 0 and has_labels(target):
+        target = as_targets(target)
+        if self.ce_weight > 0 and target.has_labels:
             losses["ce"] = self.ce_weight * hard_label_loss(student[LOGITS], target, self.label_smoothing)
         if self.terms and teacher is None:
             raise ValueError("distillation terms need teacher outputs but got none; use a module with a teacher.")
@@ -261,30 +262,6 @@ class Objective(nn.Module):
             except ValueError as error:
                 raise ValueError(f"distillation term {term.name!r} ({term.describe()}): {error}") from error
         return losses
-
-
-def as_token_targets(target: Target, logits: Tensor) -> TokenTargets:
-    """The token targets of a sequence batch; labels ``[B, L]`` alone, or nothing, become targets without an attention
-    mask (every position real, no causal shift) for the ``[B, L, ...]`` outputs ``logits``."""
-    if isinstance(target, TokenTargets):
-        return target
-    if target is not None and target.ndim != 2:
-        raise ValueError(
-            f"a token-level loss compares [B, L, ...] sequence outputs but the batch's labels have shape "
-            f"{tuple(target.shape)}; feed token batches (dicts with input_ids, attention_mask, labels [B, L]), or use "
-            f"a classification loss (KDLoss, ...) for [B, C] logits."
-        )
-    if logits.ndim < 3:
-        raise ValueError(
-            f"a token-level loss compares [B, L, V] logits or [B, L, H] hidden states but got outputs of shape "
-            f"{tuple(logits.shape)}; for [B, C] class logits use kd_lightning.losses.KDLoss (or another response loss)."
-        )
-    return TokenTargets(labels=target, attention_mask=None, shape=tuple(logits.shape[:2]), device=logits.device)
-
-
-def has_labels(target: Target) -> bool:
-    """Whether the batch's targets hold labels (class indices, or token labels)."""
-    return target.labels is not None if isinstance(target, TokenTargets) else target is not None
 
 
 def missing_labels_error() -> ValueError:
@@ -298,26 +275,29 @@ def missing_labels_error() -> ValueError:
 def hard_label_loss(logits: Tensor, target: Target, label_smoothing: float = 0.0) -> Tensor:
     """The hard-label loss: cross-entropy of logits ``[B, C]`` with class indices ``[B]``, averaged over the labelled
     samples (``-100`` is an unlabelled sample; a batch with none gives 0), or the masked-/causal-LM loss of logits
-    ``[B, L, V]`` over the labelled tokens (:class:`TokenTargets`, per real token of the effective batch).
+    ``[B, L, V]`` over the labelled tokens (token :class:`~kd_lightning.core.tokens.Targets`, per real token of the
+    effective batch).
 
-    A label outside ``[0, C)`` is a clear error; so is ``None`` (no labels).
+    A label outside ``[0, C)`` is a clear error; so is a batch without labels.
     """
-    if target is None or (isinstance(target, TokenTargets) and target.labels is None):
+    target = as_targets(target)
+    if not target.has_labels:
         raise missing_labels_error()
-    if logits.ndim == 3 or isinstance(target, TokenTargets):
-        tokens = as_token_targets(target, logits)
+    if logits.ndim == 3 or target.sequence:
+        tokens = target.for_outputs(logits)
         try:
             labels, num_tokens = tokens.aligned_labels(), tokens.num_tokens("labelled")
             return token_cross_entropy(logits, labels, num_tokens=num_tokens, label_smoothing=label_smoothing)
         except (IndexError, RuntimeError) as error:
             raise _label_range_error(error, logits, tokens.labels) from error
+    labels = target.labels
     try:
         total = F.cross_entropy(
-            logits.float(), target, label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX, reduction="sum"
+            logits.float(), labels, label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX, reduction="sum"
         )
     except (IndexError, RuntimeError) as error:
-        raise _label_range_error(error, logits, target) from error
-    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+        raise _label_range_error(error, logits, labels) from error
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _label_range_error(error: Exception, logits: Tensor, target: Tensor) -> Exception:

@@ -1,12 +1,13 @@
-"""Which token positions a sequence loss reads, and the number of real tokens it is normalised by.
+"""The targets of a batch (:class:`Targets`): labels, and for sequences the token positions a loss reads and the
+number of real tokens it is normalised by.
 
 Sequence losses (the hard masked-/causal-LM loss, token-level logit losses, hidden-state losses) are sums over token
-positions divided by a token count. :class:`TokenTargets` carries what decides the positions — the labels ``[B, L]``
+positions divided by a token count. :class:`Targets` carries what decides the positions — the labels ``[B, L]``
 (``-100`` = ignored), the attention mask ``[B, L]`` (0 = padding) and whether the model is a causal LM — and the
 normalisers that make the loss a mean per real token of the *effective* batch (every micro-batch of a gradient
 accumulation window, on every DDP process), so padding, accumulation and DDP never change the loss's scale.
 
-Position rules (``TokenTargets.mask``), all aligned with the logits ``[B, L, V]`` of the model (never shifted copies):
+Position rules (``Targets.mask``), all aligned with the logits ``[B, L, V]`` of the model (never shifted copies):
 
 * ``"labelled"``: positions with a label. For a causal LM the logits at position ``t`` predict token ``t + 1``, so
   position ``t`` counts when label ``t + 1`` is not ``-100`` (the last position never counts) — the shift of
@@ -14,16 +15,20 @@ Position rules (``TokenTargets.mask``), all aligned with the logits ``[B, L, V]`
 * ``"real"``: every real (non-padding) token; for a causal LM, position ``t`` counts when tokens ``t`` and ``t + 1``
   are real.
 * ``"hidden"``: every real token, unshifted (hidden states ``[B, L, H]`` are compared position by position).
-* ``"auto"``: ``"labelled"`` when the batch has labels, else ``"real"`` (DistilBERT's KD on the masked tokens of an
-  MLM batch; every real token of a label-free one).
+* ``"auto"``: ``"labelled"`` when the batch has labels, else ``"real"``.
+
+DistilBERT distils on every real (attention-masked) token by default and on the MLM-masked tokens only with
+``--restrict_ce_to_mask``: here the token-logit losses default to ``"real"``, and ``"labelled"`` is that opt-in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
@@ -93,11 +98,16 @@ def token_counts(labels: Tensor | None, attention_mask: Tensor | None, shape: tu
 
 
 @dataclass
-class TokenTargets:
-    """What a sequence loss needs besides the two networks' outputs: labels, attention mask, causality, normalisers.
+class Targets:
+    """What the objective compares the networks' outputs with: the one target type of every batch.
+
+    For a batch of samples, the class labels ``[B]`` (``-100`` = unlabelled sample; ``None``: a label-free batch).
+    For a batch of token sequences (``sequence``), also what decides the token positions a sequence loss reads and
+    its normaliser: the labels ``[B, L]``, the attention mask, whether the student is a causal LM, and the
+    normalisers of the effective batch.
 
     Args:
-        labels: ``[B, L]`` token labels (``-100`` ignored), or ``None`` for a label-free batch.
+        labels: ``[B]`` class labels or ``[B, L]`` token labels (``-100`` ignored), or ``None`` for a label-free batch.
         attention_mask: ``[B, L]`` (1 = real token, 0 = padding), or ``None`` (every position is real).
         causal: the student is a causal LM (labels and masks are shifted by one, see the module docstring).
         normalizers: ``{count key: n}``, the number of tokens each loss of this micro-batch divides its sum by; set by
@@ -107,27 +117,61 @@ class TokenTargets:
             ``sum / N_window``. ``None`` or a missing key: this micro-batch's own count.
         shape: ``(B, L)`` when there are neither labels nor an attention mask (every position is then real).
         device: where those all-real masks are made (the outputs' device).
+        sequence: whether these are token targets; ``None`` decides from the arguments (labels ``[B, L]``, an
+            attention mask or a shape).
 
     Example:
-        >>> tokens = TokenTargets(torch.tensor([[5, 6, -100]]), torch.tensor([[1, 1, 0]]), causal=True)
+        >>> tokens = Targets(torch.tensor([[5, 6, -100]]), torch.tensor([[1, 1, 0]]), causal=True)
         >>> tokens.mask("labelled").tolist(), tokens.aligned_labels().tolist(), float(tokens.num_tokens("real"))
         ([[True, False, False]], [[6, -100, -100]], 1.0)
+        >>> Targets(torch.tensor([3, 1])).sequence
+        False
     """
 
     labels: Tensor | None
-    attention_mask: Tensor | None
+    attention_mask: Tensor | None = None
     causal: bool = False
     normalizers: Mapping[str, Tensor | float] | None = None
-    shape: tuple[int, int] | None = None
+    shape: tuple[int, ...] | None = None
     device: torch.device | None = None
+    sequence: bool | None = None
     _masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.sequence is None:
+            token_labels = self.labels is not None and self.labels.ndim == 2
+            self.sequence = token_labels or self.attention_mask is not None or self.shape is not None
+        if not self.sequence:
+            return
         source = self.labels if self.labels is not None else self.attention_mask
         if source is not None:
             self.shape = tuple(source.shape[:2])
         elif self.shape is None:
-            raise ValueError("TokenTargets needs labels, an attention mask or a shape to know the token positions.")
+            raise ValueError("token Targets need labels, an attention mask or a shape to know the token positions.")
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether there are labels (class indices, or token labels)."""
+        return self.labels is not None
+
+    def for_outputs(self, outputs: Tensor) -> Targets:
+        """These targets as token targets for ``[B, L, ...]`` outputs (label-free ones: every position real), or a
+        clear error for outputs or labels that are not sequences."""
+        if self.sequence:
+            return self
+        if self.labels is not None and self.labels.ndim != 2:
+            raise ValueError(
+                f"a token-level loss compares [B, L, ...] sequence outputs but the batch's labels have shape "
+                f"{tuple(self.labels.shape)}; feed token batches (dicts with input_ids, attention_mask, labels "
+                f"[B, L]), or use a classification loss (KDLoss, ...) for [B, C] logits."
+            )
+        if outputs.ndim < 3:
+            raise ValueError(
+                f"a token-level loss compares [B, L, V] logits or [B, L, H] hidden states but got outputs of shape "
+                f"{tuple(outputs.shape)}; for [B, C] class logits use kd_lightning.losses.KDLoss (or another "
+                f"response loss)."
+            )
+        return Targets(self.labels, None, shape=tuple(outputs.shape[:2]), device=outputs.device, sequence=True)
 
     def key(self, rule: str) -> str:
         """The count key of a position rule for this batch (``"auto"`` resolved, the causal shift applied)."""
@@ -168,3 +212,39 @@ class TokenTargets:
         aligned = torch.full_like(self.labels, IGNORE_INDEX)
         aligned[:, :-1] = self.labels[:, 1:]
         return aligned
+
+
+TokenTargets = Targets
+"""The earlier name of :class:`Targets` (token targets were its only form)."""
+
+
+def as_targets(target: Targets | Tensor | None) -> Targets:
+    """``target`` as :class:`Targets`: labels ``[B]`` or ``[B, L]`` (or ``None``) are wrapped."""
+    return target if isinstance(target, Targets) else Targets(target)
+
+
+def window_normalizers(batch: Any, trainer: Any, warned: list[bool]) -> dict[str, Tensor] | None:
+    """``{count key: N / (k * W)}`` for a training sequence batch (see the module docstring); ``None`` when every
+    micro-batch is the whole effective batch and has no window counts (its own counts are then exact).
+
+    ``batch`` is a :class:`~kd_lightning.core.batch.Batch` of sequences; ``trainer`` the fit's Trainer (its
+    ``accumulate_grad_batches``, ``world_size`` and strategy's ``reduce``).
+    """
+    accumulate, world = int(trainer.accumulate_grad_batches), int(trainer.world_size)
+    counts, window = batch.window_counts, accumulate
+    if counts is None:
+        if accumulate == 1 and world == 1:
+            return None
+        if accumulate > 1 and not warned[0]:
+            warned[0] = True
+            rank_zero_warn(
+                f"token losses are normalised by each micro-batch's own token count: with accumulate_grad_batches="
+                f"{accumulate} micro-batches of different padding are weighted unequally. Use kd_lightning's "
+                f"TokenWindowLoader (TextDataModule does) for the exact mean per token of the effective batch."
+            )
+        counts, window = token_counts(batch.labels, batch.attention_mask, batch.sequence_shape), 1
+    counts = counts.to(dtype=torch.float64, device=batch.device)
+    if world > 1:
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+    share = counts / (window * world)
+    return {key: share[index].float() for index, key in enumerate(COUNT_KEYS)}

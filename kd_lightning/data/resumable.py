@@ -38,7 +38,6 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -212,7 +211,10 @@ class ResumableDataLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch of the next pass (forwarded to the samplers, like Lightning's own ``set_epoch`` calls)."""
         self._epoch = int(epoch)
-        _set_sampler_epoch(self, self._epoch)
+        samplers = {id(s): s for s in (self.sampler, getattr(self.batch_sampler, "sampler", None)) if s is not None}
+        for sampler in samplers.values():
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(self._epoch)
 
     def __iter__(self) -> Iterator[Any]:
         return _Positioned(self)

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_lightning.core import batch as batches
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.networks import hookless_copy
 from kd_lightning.files import CheckpointFileError, read_checkpoint
 from kd_lightning.modules import DistillationModule
 from kd_lightning.modules._checkpoints import saved_class_name
-from kd_lightning.modules.exits import exit_key
+from kd_lightning.modules.deployable import key_of
 
 RANDOM_BATCH = 8
 """Samples of the random batch drawn for ``input_shape`` when the checkpoint names no datamodule."""
@@ -125,30 +125,31 @@ def deployable_network(
     Args:
         module: any kd_lightning module (its ``student``: the distilled student, the online cohort's ``student`` peer,
             the self-distilled network).
-        exit: layer-wise self-distillation only: the BYOT exit (``layer2``) whose truncated network to take, see
-            :meth:`~kd_lightning.modules.SelfDistillation.exit_model`.
+        exit: layer-wise self-distillation only: the BYOT exit (``layer2``) whose truncated network to take, one of
+            the module's :meth:`~kd_lightning.modules.DistillationModule.deployables` of role ``exit``.
         example_input: inputs ``[B, ...]`` the truncated exit network is checked on against the full one.
     """
     if exit is None:
         return hookless_copy(module.student).cpu().eval()
-    layers = list(getattr(getattr(module, "exits", None), "layers", None) or [])
-    if not layers:
+    if example_input is None:
+        raise ValueError(f"expected example inputs [B, ...] to check the network cut at exit {exit!r} on but got None.")
+    exits = {row.name.removeprefix("exit "): row for row in module.deployables(example_input) if row.role == "exit"}
+    if not exits:
         raise ValueError(
             f"expected a module with BYOT exits for exit={exit!r} but {type(module).__name__} has none (exits exist "
-            "only in layer-wise self-distillation, SelfDistillation with exits: BYOTExits); export its student "
-            "without --exit."
+            "only in layer-wise self-distillation, LayerwiseSelfDistillation with exits: BYOTExits); export its "
+            "student without --exit."
         )
-    if exit not in layers:
-        by_key = {exit_key(layer): layer for layer in layers}
+    layers = list(exits)
+    if exit not in exits:
+        by_key = {key_of(layer): layer for layer in layers}
         nearest = by_key.get(exit) or next(iter(difflib.get_close_matches(exit, layers, n=1)), None)
         hint = f" (did you mean {nearest!r}?)" if nearest else ""
         raise ValueError(
             f"expected exit to be one of the exits of this {type(module).__name__}, {layers}, but got {exit!r}{hint}; "
             f"pass one of them, e.g. --exit {layers[-1]}."
         )
-    if example_input is None:
-        raise ValueError(f"expected example inputs [B, ...] to check the network cut at exit {exit!r} on but got None.")
-    return module.exit_model(exit, example_input.to(module.device)).cpu().eval()
+    return exits[exit].network.cpu().eval()
 
 
 def datamodule_inputs(checkpoint: Mapping[str, Any]) -> tuple[Tensor, str] | None:
@@ -184,7 +185,7 @@ def datamodule_inputs(checkpoint: Mapping[str, Any]) -> tuple[Tensor, str] | Non
             f"cannot draw a batch from the checkpoint's datamodule {cls.__name__} ({type(error).__name__}: {detail}); "
             f"{fix}."
         ) from error
-    inputs = batches.inputs_of(batch)
+    inputs = Batch.parse(batch).inputs
     if not isinstance(inputs, Tensor):
         raise ValueError(
             f"expected the inputs of {cls.__name__}'s batches to be one tensor [B, ...] but got "

@@ -1,4 +1,5 @@
-"""The deployable network as files: safetensors, TorchScript and ONNX, each checked before it is put in place.
+"""The deployable network as files: safetensors, TorchScript, ONNX and int8 TorchScript, each checked before it is put
+in place.
 
 Every writer writes a temporary file next to the target, loads it back the way a deployment would (the safetensors
 into a fresh copy of the network, the TorchScript with ``torch.jit.load``, the ONNX with onnxruntime), compares its
@@ -29,7 +30,7 @@ from kd_lightning.files import atomic_write, read_tensors
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
-TOLERANCE = {"safetensors": 1e-6, "torchscript": 1e-5, "onnx": 1e-4}
+TOLERANCE = {"safetensors": 1e-6, "torchscript": 1e-5, "onnx": 1e-4, "int8": 1e-5}
 """Largest max abs difference to PyTorch a format may show, relative to the logits' scale (``max(1, max |logit|)``)."""
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 DYNAMO_MIN_OPSET = 18
@@ -334,3 +335,27 @@ def _jit_deprecation_ignored() -> Iterator[None]:
 def _first_line(error: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     return (text.splitlines() or [type(error).__name__])[0].rstrip(":")[:300]
+
+
+def write_int8(network: nn.Module, path: Path, example_input: Tensor) -> ExportedFile:
+    """A fake-quantized network (:func:`~kd_lightning.models.quantized.quantized_copy`) converted to int8 and written
+    as TorchScript, checked by ``torch.jit.load`` against the converted network in PyTorch before it is put in place.
+
+    The int8 network runs with the quantized engine of the copy's backend; outside kd_lightning, ``torch.jit.load``
+    runs the file (``torch.backends.quantized.engine`` set to that backend on hosts with several).
+    """
+    from kd_lightning.models.quantized import convert_quantized, int8_runtime
+
+    int8 = convert_quantized(network)
+    example_input = example_input.cpu()
+    with _jit_deprecation_ignored(), int8_runtime(network.backend):
+        scripted = torch.jit.script(int8.eval())
+        return _write_checked(
+            "int8",
+            int8,
+            Path(path),
+            example_input,
+            lambda tmp: torch.jit.save(scripted, str(tmp)),
+            lambda tmp: torch.jit.load(str(tmp), map_location="cpu").eval(),
+            "int8 TorchScript (torch.ao eager conversion, scripted)",
+        )

@@ -8,12 +8,15 @@ checkpoint of another architecture is an error that lists the missing, unexpecte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from kd_lightning.core.networks import mark_pretrained
 from kd_lightning.files import read as files
 
 WRAPPER_PREFIXES = ("student.", "network.", "model.", "module.", "teacher.", "net.")
@@ -79,7 +82,8 @@ def key_mismatches(
 
 
 def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> nn.Module:
-    """Load ``path`` into ``model`` strictly, with an error that names every key that does not fit."""
+    """Load ``path`` into ``model`` strictly, with an error that names every key that does not fit; the network is
+    marked as trained, from ``path`` (:func:`~kd_lightning.core.networks.mark_pretrained`)."""
     model_state = model.state_dict()
     state_dict = strip_prefixes(read_state_dict(path, what=f"{role} weights"), set(model_state))
     missing, unexpected, mis_shaped = key_mismatches(model_state, state_dict)
@@ -95,4 +99,26 @@ def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> n
             f"(e.g. width, num_classes) are those the checkpoint was trained with."
         )
     model.load_state_dict(state_dict, strict=True)
-    return model
+    return mark_pretrained(model, str(path))
+
+
+def state_digest(network: nn.Module) -> str:
+    """SHA-256 of a network's state dict (names, dtypes, shapes and values): whether a teacher's weights changed."""
+    digest = hashlib.sha256()
+    for key, value in sorted(network.state_dict().items()):
+        if hasattr(value, "full_tensor"):  # a DTensor (an FSDP2-sharded teacher): gathered, by every process
+            value = value.full_tensor()
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def first_nonfinite(state_dict: Mapping[str, Tensor]) -> str | None:
+    """``"key (3 of 64 values are NaN/inf)"`` for the first tensor holding NaN or inf, ``None`` if all are finite."""
+    for key, value in state_dict.items():
+        if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                return f"{key!r} ({bad} of its {value.numel()} values are NaN/inf)"
+    return None

@@ -3,8 +3,10 @@ spatial alignment of two feature maps."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -12,15 +14,21 @@ from torch import Tensor
 
 
 def check_positive(name: str, value: float) -> None:
-    """Raise unless ``value > 0`` (temperatures, kernel widths, ...)."""
+    """Raise unless ``0 < value < inf`` (temperatures, kernel widths, ...): an infinite temperature would turn a
+    ``-inf`` logit into ``-inf / inf = NaN`` and scale the loss by ``inf``."""
     if not value > 0:
         raise ValueError(f"expected {name} > 0 but got {name}={value}; pass a positive {name}.")
+    if math.isinf(value):
+        raise ValueError(f"expected a finite {name} > 0 but got {name}={value}; pass a positive finite {name}.")
 
 
 def check_non_negative(name: str, value: float) -> None:
-    """Raise unless ``value >= 0`` (loss weights, mixing coefficients, ...)."""
+    """Raise unless ``0 <= value < inf`` (loss weights, mixing coefficients, ...): an infinite weight makes a zero
+    loss ``inf * 0 = NaN``."""
     if not value >= 0:
         raise ValueError(f"expected {name} >= 0 but got {name}={value}; pass a non-negative {name}.")
+    if math.isinf(value):
+        raise ValueError(f"expected a finite {name} >= 0 but got {name}={value}; pass a non-negative finite {name}.")
 
 
 def check_same_batch(student: Tensor, teacher: Tensor) -> None:
@@ -49,6 +57,14 @@ def check_ndim(tensor: Tensor, ndims: Sequence[int], loss: str, role: str) -> No
         raise ValueError(f"{loss} expected a {expected} {role} tensor but got shape {tuple(tensor.shape)}.")
 
 
+def full_precision(x: Tensor) -> AbstractContextManager:
+    """Disable autocast for a loss's maths on ``x``'s device: bf16 Gram matrices, kernel means and log ratios lose too
+    much precision (and the loss must stay a float32 scalar)."""
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(x.device.type, enabled=False)
+    return nullcontext()
+
+
 def pool_to_smaller(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool two ``[B, C, H, W]`` maps to the smaller height and width of the pair (RepDistiller's rule)."""
     size = (min(first.shape[2], second.shape[2]), min(first.shape[3], second.shape[3]))
@@ -73,9 +89,9 @@ def token_normaliser(num_tokens: Tensor | float | None, count: int | Tensor, lik
             )
         n = num_tokens.detach().to(device=like.device, dtype=torch.float32).reshape(())
         return torch.where(n > 0, n, torch.ones_like(n))
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Real) or not num_tokens >= 0:
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Real) or not 0 <= num_tokens < math.inf:
         raise ValueError(
-            f"{loss} expected num_tokens >= 0 (a number or a 0-d tensor) but got num_tokens={num_tokens!r}; pass the "
-            f"total number of tokens the loss is averaged over, or None for the selected positions."
+            f"{loss} expected num_tokens >= 0 and finite (a number or a 0-d tensor) but got num_tokens={num_tokens!r}; "
+            f"pass the total number of tokens the loss is averaged over, or None for the selected positions."
         )
     return float(num_tokens) if num_tokens > 0 else 1.0

@@ -27,6 +27,7 @@ from kd_lightning.losses._checks import (
     check_positive,
     check_same_batch,
     check_same_shape,
+    full_precision,
     pool_to_smaller,
 )
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
@@ -220,10 +221,11 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
         1.5
     """
     student, teacher = _check_pair(student, teacher, "nst_loss", (4,))
-    student, teacher = pool_to_smaller(student, teacher)
-    u_s = F.normalize(student.flatten(2), dim=2)
-    u_t = F.normalize(teacher.flatten(2), dim=2)
-    return _poly_kernel_mean(u_t, u_t) + _poly_kernel_mean(u_s, u_s) - 2 * _poly_kernel_mean(u_s, u_t)
+    with full_precision(student):  # a difference of kernel means: bf16 batched products would cancel to noise
+        student, teacher = pool_to_smaller(student, teacher)
+        u_s = F.normalize(student.flatten(2), dim=2)
+        u_t = F.normalize(teacher.flatten(2), dim=2)
+        return _poly_kernel_mean(u_t, u_t) + _poly_kernel_mean(u_s, u_s) - 2 * _poly_kernel_mean(u_s, u_t)
 
 
 class NSTLoss(DistillationLoss):

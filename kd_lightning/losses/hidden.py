@@ -7,6 +7,8 @@ layer), and average the per-pair losses. Where a pair's widths differ, a trainab
 owns (a :class:`~kd_lightning.losses.adapters.LazyAdapter`, built from the first batch, saved in checkpoints) projects
 the student onto the teacher's width, as TinyBERT's ``W_h``. Every loss treats the teacher as a constant target (it is
 detached), computes in float32 and returns an unweighted scalar; the weight lives in the caller's ``DistillTerm``.
+The states at positions outside the mask are never read: they may hold anything, NaN included, and still give a
+finite value and a finite gradient.
 """
 
 from __future__ import annotations
@@ -48,8 +50,29 @@ def _check_states(student: Tensor, teacher: Tensor, loss: str, pair: str = "") -
         )
 
 
+def _zero_outside(states: Tensor, mask: Tensor | None) -> Tensor:
+    """``states`` ``[B, L, H]`` with the rows outside ``mask`` ``[B, L]`` set to 0 (unchanged when ``mask`` is None).
+
+    Padding rows may hold anything (a fully padded sequence gets NaN hidden states from some attention kernels):
+    replacing them before any maths keeps them out of the value and the gradient alike, where masking the per-token
+    loss afterwards would still send ``0 * NaN = NaN`` back to the student and to a projection's weights.
+    """
+    if mask is None:
+        return states
+    return torch.where(mask.to(device=states.device, dtype=torch.bool).unsqueeze(-1), states, 0.0)
+
+
+def _check_mask(mask: Tensor | None, states: Tensor, loss: str) -> None:
+    if mask is not None and tuple(mask.shape) != tuple(states.shape[:2]):
+        raise ValueError(
+            f"{loss} expected a mask of shape [B, L] = {tuple(states.shape[:2])} but got {tuple(mask.shape)}; pass "
+            f"the batch's attention mask."
+        )
+
+
 def _check_inputs(student: Tensor, teacher: Tensor, mask: Tensor | None, loss: str) -> tuple[Tensor, Tensor]:
-    """Validate one pair of equal-width hidden states and the mask; return them float32, the teacher detached."""
+    """Validate one pair of equal-width hidden states and the mask; return them float32 with the rows outside the
+    mask set to 0 (:func:`_zero_outside`), the teacher detached."""
     _check_states(student, teacher, loss)
     if student.shape[2] != teacher.shape[2]:
         raise ValueError(
@@ -57,19 +80,16 @@ def _check_inputs(student: Tensor, teacher: Tensor, mask: Tensor | None, loss: s
             f"(student) and {tuple(teacher.shape)} (teacher); use {_MODULE_FORMS[loss]}(project=True), which learns "
             f"a Linear(H_s, H_t) projection, or pair layers of equal width."
         )
-    if mask is not None and tuple(mask.shape) != tuple(student.shape[:2]):
-        raise ValueError(
-            f"{loss} expected a mask of shape [B, L] = {tuple(student.shape[:2])} but got {tuple(mask.shape)}; pass "
-            f"the batch's attention mask."
-        )
-    return student.float(), teacher.detach().float()
+    _check_mask(mask, student, loss)
+    return _zero_outside(student.float(), mask), _zero_outside(teacher.detach().float(), mask)
 
 
 def _token_mean(per_token: Tensor, mask: Tensor | None, num_tokens: Tensor | float | None, loss: str) -> Tensor:
     """``sum over selected positions of per_token [B, L] / num_tokens`` (default: the count of selected positions).
 
     A zero count or ``num_tokens`` becomes 1 (as in :mod:`kd_lightning.losses.token`), so an empty mask gives 0 with
-    zero gradient instead of ``0 / 0``.
+    zero gradient instead of ``0 / 0``. ``per_token`` must be finite everywhere (the callers zero the unselected rows
+    of their inputs first).
     """
     if mask is None:
         total, count = per_token.sum(), per_token.new_tensor(float(per_token.numel()))
@@ -248,9 +268,10 @@ class _HiddenStateLoss(TokenLoss):
         losses = []
         for index, (s, t) in enumerate(zip(student_layers, teacher_layers, strict=True)):
             if self.project:
+                _check_mask(mask, s, name)
                 projection = self.projections[index]
                 net = projection.net if isinstance(projection, LazyAdapter) else projection
-                s = net(s.float()).float()
+                s = net(_zero_outside(s.float(), mask)).float()
             losses.append(type(self).function(s, t, mask, num_tokens))
         return torch.stack(losses).mean()
 

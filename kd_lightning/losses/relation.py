@@ -13,7 +13,6 @@ scalar; the weight lives in the caller's ``DistillTerm``. The reductions follow 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from kd_lightning.losses._checks import (
     check_non_negative,
     check_positive,
     check_same_batch,
+    full_precision,
     pool_to_smaller,
 )
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
@@ -54,13 +54,6 @@ def _flat_pair(student: Tensor, teacher: Tensor, loss: str, min_batch: int = 1) 
             f"{student.shape[0]}; use a larger batch."
         )
     return student.flatten(1).float(), teacher.detach().flatten(1).float()
-
-
-def _full_precision(x: Tensor) -> AbstractContextManager:
-    """Disable autocast for the relation maths: bf16 Gram matrices and log ratios lose too much precision."""
-    if x.device.type in ("cpu", "cuda"):
-        return torch.autocast(x.device.type, enabled=False)
-    return nullcontext()
 
 
 def _pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -108,7 +101,7 @@ def rkd_loss(student: Tensor, teacher: Tensor, distance_weight: float = 25.0, an
     check_non_negative("distance_weight", distance_weight)
     check_non_negative("angle_weight", angle_weight)
     student, teacher = _flat_pair(student, teacher, "rkd_loss", min_batch=2)
-    with _full_precision(student):
+    with full_precision(student):
         d_s, d_t = _pairwise_distances(student), _pairwise_distances(teacher)
         d_s = d_s / (d_s.sum() / (d_s > 0).sum())
         d_t = d_t / (d_t.sum() / (d_t > 0).sum())
@@ -168,7 +161,7 @@ def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
         0.1992
     """
     student, teacher = _flat_pair(student, teacher, "sp_loss")
-    with _full_precision(student):
+    with full_precision(student):
         g_s = F.normalize(student @ student.t(), p=2, dim=1)
         g_t = F.normalize(teacher @ teacher.t(), p=2, dim=1)
     return (g_s - g_t).pow(2).sum() / len(student) ** 2
@@ -224,7 +217,7 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = 1e-7) -> Tensor:
     """
     check_positive("eps", eps)
     student, teacher = _flat_pair(student, teacher, "pkt_loss")
-    with _full_precision(student):
+    with full_precision(student):
         p_s = _similarity_distribution(student, eps)
         p_t = _similarity_distribution(teacher, eps)
         return torch.mean(p_t * torch.log((p_t + eps) / (p_s + eps)))
@@ -300,7 +293,7 @@ def cc_loss(
             f"cc_loss expected student and teacher embeddings of the same shape but got {tuple(student.shape)} "
             f"(student) and {tuple(teacher.shape)} (teacher); use CCLoss, whose embeddings map both to embed_dim."
         )
-    with _full_precision(student):
+    with full_precision(student):
         delta = (student - teacher).abs()
         return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
@@ -407,7 +400,7 @@ def fsp_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
             f"{s2.shape[1]} (student) and {t1.shape[1]}, {t2.shape[1]} (teacher); pass adapter=True to FSPLoss "
             f"to map each student map to the teacher's channels with a 1x1 conv."
         )
-    with _full_precision(s1):
+    with full_precision(s1):
         g_s = _fsp_matrix(s1.float(), s2.float())
         g_t = _fsp_matrix(t1.detach().float(), t2.detach().float())
         return (g_s - g_t).pow(2).mean()

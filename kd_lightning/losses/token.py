@@ -17,6 +17,24 @@ when a gradient is needed and there is more than one chunk, each chunk runs unde
 (non-reentrant), so autograd keeps no float32 tensor and recomputes one chunk's softmax at a time in the backward pass
 (torchtune's ``ForwardKLWithChunkedOutputLoss`` upcasts one chunk at a time in the same spirit). Chunked and unchunked
 results agree to float precision; ``benchmarks/token_loss_memory.py`` measures the memory saved.
+
+Excluded vocabulary entries (``-inf`` logits: vocabulary padding, constrained decoding): the KL-family losses follow
+the convention ``0 * log 0 = 0`` of ``KL(p || q) = sum_v p_v * log(p_v / q_v)``, so an entry that both models exclude
+adds 0 to the value and 0 to the gradient, and the value and the gradient are finite wherever the formula's value is
+(DistiLLM and torchtune mask infinite logits with an ``inf_mask`` to the same end). A log-ratio whose weight ``p_v``
+is 0 is set to 0 *before* it is multiplied, never masked afterwards (``0 * NaN`` would still reach the gradient). An
+entry only one model excludes follows the formula; each function says what it returns then (``+inf`` for forward KL
+when only the student excludes an entry the teacher gives mass, and for reverse KL the other way round; the skew and
+JSD mixtures and the total variation stay finite). Logits may not be ``+inf`` or NaN, and every selected position
+needs a finite logit in each model (softmax over no entry is NaN).
+
+Which positions count: the modules' ``positions`` tells the Lightning objective which token positions to pass as
+``mask`` (the rules live in :mod:`kd_lightning.tokens`). The default, ``"real"``, distils on every real (non-padding)
+token: DistilBERT's convention, whose distiller computes its KL on every attention-masked token and restricts it to
+the MLM-masked positions only when asked (``--restrict_ce_to_mask``). ``"labelled"`` reads only the positions that
+carry a label (that restriction for an MLM batch; the completion tokens of a prompt-completion batch whose prompt
+labels are ``-100``, as TRL's GKD); ``"auto"`` reads the labelled positions when the batch has labels and every real
+token otherwise.
 """
 
 from __future__ import annotations
@@ -51,7 +69,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
-POSITIONS = ("auto", "labelled", "real")
+POSITIONS = ("real", "labelled", "auto")
 RowsLoss = Callable[[Tensor, Tensor], Tensor]
 """``(student rows [n, V], second rows [n, ...]) -> sum over the rows of the per-token loss`` (float32 scalar)."""
 
@@ -171,13 +189,30 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """``sum_rows KL(p || q) = sum p * (log p - log q)`` from log-probabilities."""
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+    """``sum_rows KL(p || q) = sum p * (log p - log q)`` from log-probabilities ``[n, V]``, with ``0 * log 0 = 0``.
+
+    Where ``p = 0`` (a ``-inf`` log-probability, or one that underflows) the log-ratio is set to 0 before it is
+    multiplied by ``p``, so the term is 0 whatever ``q`` is: ``-inf - (-inf) = NaN`` never reaches a product, and
+    ``masked_fill``'s backward sends a plain 0 there (masking the product afterwards would still send ``0 * NaN = NaN``
+    back through autograd). Where ``p > 0`` and ``q = 0`` the term is ``+inf``, the divergence's value. The log-ratio
+    is masked in place: the same float32 temporaries as ``F.kl_div`` (``p``, the log-ratio, their product), plus a
+    bool mask.
+    """
+    p = log_p.exp()
+    ratio = (log_p - log_q).masked_fill_(p == 0, 0.0)
+    return (p * ratio).sum()
 
 
 def _log_mixture(log_p: Tensor, log_q: Tensor, weight: float) -> Tensor:
-    """``log(weight * p + (1 - weight) * q)`` for ``0 < weight < 1``, in log space (``logaddexp``)."""
-    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+    """``log(weight * p + (1 - weight) * q)`` for ``0 < weight < 1``, in log space (``logaddexp``).
+
+    An entry both distributions exclude (both log-probabilities ``-inf``) gets ``-inf``; its inputs are set to 0 first,
+    because ``logaddexp``'s gradient at ``(-inf, -inf)`` is NaN even when nothing flows back to it.
+    """
+    both = torch.isneginf(log_p) & torch.isneginf(log_q)
+    first = (log_p + math.log(weight)).masked_fill_(both, 0.0)
+    second = (log_q + math.log1p(-weight)).masked_fill_(both, 0.0)
+    return torch.logaddexp(first, second).masked_fill_(both, -math.inf)
 
 
 def _skew_kl_rows(student: Tensor, teacher: Tensor, temperature: float, skew: float, reverse: bool) -> Tensor:
@@ -225,6 +260,12 @@ def forward_kl_loss(
     is torchtune's ``ForwardKLLoss`` and DistiLLM's ``forward_kl`` plus the teacher's entropy (they return the
     cross-entropy form, which has the same gradient; this returns the KL, 0 when the student equals the teacher).
 
+    Excluded entries (``-inf`` logits): an entry the teacher excludes (``p_t = 0``) adds 0 whatever the student gives
+    it (``0 * log 0 = 0``) and gets a zero gradient. An entry only the student excludes while the teacher gives it
+    mass makes ``KL(p_t || p_s)`` infinite: the function returns ``+inf`` (not NaN). Departure from torchtune's and
+    DistiLLM's ``forward_kl``, which drop every entry whose student logit is infinite and so return a finite value
+    that is no longer the KL. Exclude such an entry in both models, or use :func:`skew_kl_loss`, which stays finite.
+
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
@@ -243,6 +284,9 @@ def forward_kl_loss(
         0.0
         >>> round(forward_kl_loss(torch.zeros(1, 2, 3), teacher, mask=torch.tensor([[True, False]])).item(), 4)
         0.5743
+        >>> padded = torch.tensor([[[2.0, 0.0, float("-inf")]]])  # an entry both models exclude adds 0, not NaN
+        >>> forward_kl_loss(padded, padded).item()
+        0.0
     """
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
@@ -266,6 +310,12 @@ def reverse_kl_loss(
     ``T**2 / num_tokens * sum_{(b, l) in mask} KL(p_s || p_t)`` with ``p = softmax(z[b, l] / T)``. Same value as
     DistiLLM's ``reverse_kl`` at ``T = 1`` (already a KL there).
 
+    Excluded entries (``-inf`` logits): an entry the student excludes (``p_s = 0``) adds 0 whatever the teacher gives
+    it (``0 * log 0 = 0``) and gets a zero gradient. An entry only the teacher excludes while the student gives it
+    mass makes ``KL(p_s || p_t)`` infinite: the function returns ``+inf`` (not NaN) and its gradient is not finite.
+    Give the student's logits the teacher's exclusions (e.g. the same logits processor), or use
+    :func:`skew_reverse_kl_loss` or :func:`generalized_jsd_loss`, which stay finite.
+
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
@@ -281,6 +331,8 @@ def reverse_kl_loss(
         >>> teacher = torch.tensor([[[2.0, 0.0, -1.0]]])
         >>> round(reverse_kl_loss(torch.zeros(1, 1, 3), teacher).item(), 4)
         0.7379
+        >>> reverse_kl_loss(torch.zeros(1, 1, 3), torch.tensor([[[2.0, 0.0, float("-inf")]]])).item()  # teacher only
+        inf
     """
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
@@ -308,6 +360,11 @@ def generalized_jsd_loss(
     the two ends are special-cased: ``beta = 0`` is exactly :func:`forward_kl_loss` (``KL(P_t || P_s)``) and
     ``beta = 1`` exactly :func:`reverse_kl_loss` (``KL(P_s || P_t)``). TRL runs GKD at ``T = 1`` (its temperature only
     affects sampling), where this equals TRL's value with labels ``-100`` outside ``mask``.
+
+    Excluded entries (``-inf`` logits): for ``0 < beta < 1``, ``M > 0`` wherever ``P_t`` or ``P_s`` is, so
+    ``JSD_beta`` and its gradient are finite whatever either model excludes; an entry both exclude adds 0. The ends
+    ``beta = 0`` and ``1`` follow :func:`forward_kl_loss` and :func:`reverse_kl_loss` (``+inf`` where only the
+    student, resp. only the teacher, excludes an entry the other gives mass).
 
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
@@ -363,6 +420,11 @@ def skew_kl_loss(
     ``skewed_forward_kl`` returns the cross-entropy form ``-sum_v p * log(lambda * p + (1 - lambda) * q)``, which
     differs by the teacher's entropy (a constant for the student: same gradient, different value).
 
+    Excluded entries (``-inf`` logits): for ``skew > 0`` the mixture is at least ``lambda * p > 0`` wherever the
+    teacher gives mass, so the value and its gradient are finite whatever the student excludes (the point of the
+    skew); an entry the teacher excludes adds 0. ``skew = 0`` follows :func:`forward_kl_loss` (``+inf`` where only the
+    student excludes an entry the teacher gives mass).
+
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
@@ -406,6 +468,11 @@ def skew_reverse_kl_loss(
     ``T**2 / num_tokens * sum_{(b, l) in mask} SRKL_lambda``. ``skew = 0`` is :func:`reverse_kl_loss`. DistiLLM's
     ``skewed_reverse_kl`` already returns this KL form (0 when the student equals the teacher).
 
+    Excluded entries (``-inf`` logits): for ``skew > 0`` the mixture is at least ``lambda * q > 0`` wherever the
+    student gives mass, so the value and its gradient are finite whatever the teacher excludes; an entry the student
+    excludes adds 0. ``skew = 0`` follows :func:`reverse_kl_loss` (``+inf`` where only the teacher excludes an entry
+    the student gives mass).
+
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
@@ -448,6 +515,9 @@ def total_variation_loss(
     ``1 / num_tokens * sum_{(b, l) in mask} 1/2 * sum_v |p_t[v] - p_s[v]|`` with ``p = softmax(z[b, l] / T)``. Not
     multiplied by ``T**2``: each token's distance is bounded in ``[0, 1]``.
 
+    Excluded entries (``-inf`` logits) have probability 0 on their side: the value stays in ``[0, 1]`` per token,
+    with a finite gradient, whichever model excludes them.
+
     Args:
         student: student logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         teacher: teacher logits ``[B, L, V]`` (treated as a constant, detached).
@@ -489,6 +559,10 @@ def token_cross_entropy(
     True. With ``num_tokens=None`` this equals ``F.cross_entropy(..., ignore_index=-100, reduction="mean")`` over those
     positions (and 0, not NaN, when none is selected).
 
+    Excluded entries (``-inf`` logits) add nothing and get a zero gradient, unless the label itself is excluded
+    (``-log 0 = +inf``) or ``label_smoothing > 0``: the smoothed target puts ``label_smoothing / V`` on every entry,
+    excluded ones too, so the value is ``+inf``, as ``F.cross_entropy``'s.
+
     Args:
         logits: logits ``[B, L, V]`` (any float dtype; each chunk is upcast to float32).
         labels: token ids ``[B, L]`` aligned with ``logits``; ``-100`` = ignored.
@@ -527,20 +601,25 @@ def token_cross_entropy(
 
 class _TokenLogitLoss(TokenLoss):
     """Shared hyperparameters of the token-level logit losses (temperature, chunk size, the positions rule) and their
-    ``forward``: the module's ``function`` called with its hyperparameters (:meth:`hyperparameters`)."""
+    ``forward``: the module's ``function`` called with its hyperparameters (:meth:`hyperparameters`).
+
+    ``positions`` defaults to ``"real"``, every real (non-padding) token: DistilBERT's convention (its distiller's KL
+    reads every attention-masked token; ``--restrict_ce_to_mask`` is the opt-in that keeps only the MLM-masked ones).
+    """
 
     token_kind = "logits"
     function: ClassVar[Callable[..., Tensor]]
 
-    def __init__(self, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto") -> None:
+    def __init__(self, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "real") -> None:
         super().__init__()
         check_positive("temperature", temperature)
         _check_chunk_size(chunk_size)
         if positions not in POSITIONS:
             raise ValueError(
-                f"expected positions in {list(POSITIONS)} but got {positions!r}; 'auto' reads the labelled tokens "
-                f"when the batch has labels and every real token otherwise, 'labelled' only labelled tokens, 'real' "
-                f"every real (non-padding) token."
+                f"expected positions in {list(POSITIONS)} but got {positions!r}; 'real' (the default) reads every "
+                f"real (non-padding) token, as DistilBERT, 'labelled' only the labelled tokens (DistilBERT's "
+                f"--restrict_ce_to_mask, TRL GKD's completion), 'auto' the labelled tokens when the batch has labels "
+                f"and every real token otherwise."
             )
         self.temperature, self.chunk_size, self.positions = temperature, chunk_size, positions
 
@@ -572,14 +651,17 @@ class _TokenLogitLoss(TokenLoss):
 class ForwardKLLoss(_TokenLogitLoss):
     """Module form of :func:`forward_kl_loss`: ``T**2 * KL(p_t || p_s)`` per token (DistilBERT's ``loss_ce``).
 
-    ``positions`` is the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"auto"``
-    the labelled tokens when the batch has labels, else every real token (DistilBERT's KD on the masked tokens of an
-    MLM batch; TRL's GKD on the labelled completion); ``"labelled"``; ``"real"``.
+    By default (``positions="real"``) it reads every real (non-padding) token, as DistilBERT's distiller, which
+    computes its KL on every attention-masked token and restricts it to the MLM-masked positions only with the
+    opt-in ``--restrict_ce_to_mask`` (here ``positions="labelled"``).
 
     Args:
         temperature: softmax temperature ``T > 0`` (DistilBERT: 2).
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"``.
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> ForwardKLLoss(temperature=2.0)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
@@ -595,7 +677,10 @@ class ReverseKLLoss(_TokenLogitLoss):
     Args:
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> ReverseKLLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
@@ -612,7 +697,10 @@ class GeneralizedJSDLoss(_TokenLogitLoss):
         beta: mixture weight of the teacher, in ``[0, 1]``; 0 is forward KL, 1 reverse KL.
         temperature: softmax temperature ``T > 0`` (TRL's loss runs at 1).
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> GeneralizedJSDLoss(beta=0.9)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
@@ -620,7 +708,7 @@ class GeneralizedJSDLoss(_TokenLogitLoss):
     """
 
     def __init__(
-        self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto"
+        self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "real"
     ) -> None:
         super().__init__(temperature, chunk_size, positions)
         _check_fraction("beta", beta, upper_closed=True)
@@ -639,7 +727,7 @@ class _SkewLoss(_TokenLogitLoss):
     """Shared hyperparameters of the two skew losses: the mixture weight ``skew`` in ``[0, 1)``."""
 
     def __init__(
-        self, skew: float = 0.1, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "auto"
+        self, skew: float = 0.1, temperature: float = 1.0, chunk_size: int | None = 1024, positions: str = "real"
     ) -> None:
         super().__init__(temperature, chunk_size, positions)
         _check_fraction("skew", skew, upper_closed=False)
@@ -659,7 +747,10 @@ class SkewKLLoss(_SkewLoss):
         skew: the teacher's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> SkewKLLoss(skew=0.1)(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
@@ -676,7 +767,10 @@ class SkewReverseKLLoss(_SkewLoss):
         skew: the student's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> SkewReverseKLLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape
@@ -692,7 +786,10 @@ class TVDLoss(_TokenLogitLoss):
     Args:
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: ``"auto"``, ``"labelled"`` or ``"real"`` (see :class:`ForwardKLLoss`).
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+            (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
+            opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
+            batch has labels, else every real token.
 
     Example:
         >>> TVDLoss()(torch.randn(2, 5, 11), torch.randn(2, 5, 11)).shape

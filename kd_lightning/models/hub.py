@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from kd_lightning.core.networks import mark_pretrained
 from kd_lightning.files import CheckpointFileError
 from kd_lightning.files.weights import load_weights, read_state_dict, strip_prefixes
 
@@ -150,6 +151,8 @@ def timm_model(
         raise
     if checkpoint_path is not None:
         load_checkpoint_file(model, checkpoint_path, what, num_classes)
+    elif pretrained:
+        mark_pretrained(model, f"timm pretrained {name}")
     return model
 
 
@@ -224,6 +227,8 @@ def torchvision_model(
         raise
     if checkpoint_path is not None:
         load_checkpoint_file(model, checkpoint_path, what, num_classes)
+    elif member is not None:
+        mark_pretrained(model, f"torchvision weights {member}")
     return model
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kd_lightning.core.networks import mark_pretrained
 from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 TASKS = ("auto", "masked_lm", "causal_lm", "base")
@@ -131,7 +132,8 @@ def pretrained_model(path: str, task: str = "auto") -> nn.Module:
             UserWarning,
             stacklevel=2,
         )
-    return model
+        return model  # a random head: not a trained model (a teacher is checked against its labels)
+    return mark_pretrained(model, str(directory))
 
 
 def model_from_config(

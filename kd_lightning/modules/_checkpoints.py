@@ -8,14 +8,15 @@ an error that names both sides and the fix — never a module silently missing i
 
 from __future__ import annotations
 
-import hashlib
+import importlib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from kd_lightning.core import moved
 from kd_lightning.files.weights import describe_keys, key_mismatches
 
 CHECKPOINT_KEY = "kd_lightning"
@@ -28,10 +29,21 @@ def class_name(cls: type) -> str:
 
 
 def saved_class_name(checkpoint: Mapping[str, Any]) -> str | None:
-    """The module class that wrote ``checkpoint`` (``None`` for checkpoints written before it was recorded)."""
+    """The module class that wrote ``checkpoint``, at its current import path (``None`` for checkpoints written before
+    it was recorded)."""
     ours = checkpoint.get(CHECKPOINT_KEY) or {}
     hparams = checkpoint.get("hyper_parameters") or {}
-    return ours.get("module_class") or hparams.get("_class_path")
+    name = ours.get("module_class") or hparams.get("_class_path")
+    return moved.current_path(name) if isinstance(name, str) else None
+
+
+def _accepts(cls: type, saved: str) -> bool:
+    """Whether ``cls`` rebuilds checkpoints of ``saved``: the same class, a parent of it, or a class it replaces
+    (``checkpoint_aliases``, e.g. a mode split out of an earlier class)."""
+    short = saved.rsplit(".", 1)[-1]
+    lineage = {class_name(base) for base in cls.__mro__} | {base.__qualname__ for base in cls.__mro__}
+    aliases = set(getattr(cls, "checkpoint_aliases", ()))
+    return saved in lineage or short in lineage or saved in aliases
 
 
 def check_module_class(cls: type, checkpoint: Mapping[str, Any], path: str | Path) -> None:
@@ -41,11 +53,8 @@ def check_module_class(cls: type, checkpoint: Mapping[str, Any], path: str | Pat
     lose its teacher and terms), and an unrelated class does not fit at all.
     """
     saved = saved_class_name(checkpoint)
-    if saved is None or saved == class_name(cls) or saved.rsplit(".", 1)[-1] == cls.__qualname__:
+    if saved is None or _accepts(cls, saved):
         return
-    lineage = {class_name(base) for base in cls.__mro__} | {base.__qualname__ for base in cls.__mro__}
-    if saved in lineage or saved.rsplit(".", 1)[-1] in lineage:
-        return  # cls is a subclass of the saved class: it can rebuild it
     short = saved.rsplit(".", 1)[-1]
     raise TypeError(
         f"checkpoint {str(path)!r} was written by {short} ({saved}) but is being loaded as {cls.__qualname__}, which "
@@ -84,13 +93,78 @@ def unbuilt_adapters(module: nn.Module) -> set[str]:
     return {f"{name}." for name, sub in module.named_modules() if isinstance(sub, LazyAdapter) and not sub.is_built}
 
 
-def fingerprint(network: nn.Module) -> str:
-    """SHA-256 of a network's state dict (names, dtypes, shapes and values), to tell whether a teacher changed."""
-    digest = hashlib.sha256()
-    for key, value in sorted(network.state_dict().items()):
-        if hasattr(value, "full_tensor"):  # a DTensor (an FSDP2-sharded teacher): gathered, by every process
-            value = value.full_tensor()
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+def is_plain(value: Any) -> bool:
+    """Whether a hyperparameter is safe to store in a checkpoint (numbers, strings, and lists/dicts of them)."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_plain(item) for key, item in value.items())
+    return False
+
+
+# ----------------------------------------------------------------- the teacher source in checkpoints
+TEACHER_PREFIX = "teacher."
+
+
+def save_teacher(source: Any, checkpoint: dict[str, Any]) -> None:
+    """Drop a frozen source's weights from the checkpoint (they are re-read from its file on load) and keep its
+    fingerprint, so a resume beside another teacher is caught."""
+    if not source.in_checkpoint:
+        state_dict = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {
+            key: value for key, value in state_dict.items() if not key.startswith(TEACHER_PREFIX)
+        }
+    fingerprint = source.fingerprint()
+    if fingerprint is not None:
+        checkpoint[CHECKPOINT_KEY]["teacher_fingerprint"] = fingerprint
+
+
+def load_teacher(source: Any, checkpoint: dict[str, Any], hparams: Mapping[str, Any], resuming: bool) -> None:
+    """Insert a frozen source's live weights, so strict loading of the teacher-less checkpoint succeeds; a teacher
+    whose weights differ from those the checkpoint was trained beside stops a resumed fit (the run would continue
+    against another teacher) and is a warning when the checkpoint is only loaded."""
+    if not source.in_checkpoint:
+        state_dict = checkpoint["state_dict"]
+        for key, value in source.state_dict().items():
+            state_dict[TEACHER_PREFIX + key] = value
+    saved = (checkpoint.get(CHECKPOINT_KEY) or {}).get("teacher_fingerprint")
+    current = source.fingerprint()
+    if saved is None or current is None or saved == current:
+        return
+    message = (
+        f"the teacher's weights (teacher_weights={hparams.get('teacher_weights')!r}) differ from those this "
+        f"checkpoint was trained with: the file was replaced or another one is given"
+    )
+    if resuming:
+        raise ValueError(
+            f"{message}; a resumed run must keep its teacher: point teacher_weights to the original file, or start "
+            f"a new run without --ckpt_path."
+        )
+    warnings.warn(f"{message}; the student loads unchanged, teacher metrics are the new one's.", stacklevel=3)
+
+
+def loading_class(cls: type, checkpoint: Mapping[str, Any]) -> type:
+    """The class whose constructor rebuilds ``checkpoint`` for ``cls``: ``cls``, or the entry point the config named
+    when ``cls`` replaces it (a ``SelfDistillation`` config builds a layer-wise or temporal module)."""
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not isinstance(class_path, str):
+        return cls
+    module, _, name = moved.current_path(class_path).rpartition(".")
+    try:
+        named = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return cls
+    if isinstance(named, type) and class_name(named) in set(getattr(cls, "checkpoint_aliases", ())):
+        return named
+    return cls
+
+
+def check_loaded_class(cls: type, loaded: Any, path: str | Path) -> None:
+    """Raise when loading through ``cls`` built a module of another class (an entry point may build its modes)."""
+    if not isinstance(loaded, cls) and class_name(type(loaded)) not in set(getattr(cls, "checkpoint_aliases", ())):
+        raise TypeError(
+            f"checkpoint {str(path)!r} rebuilds a {type(loaded).__name__}, not a {cls.__name__}; load it with "
+            f"{type(loaded).__name__}.load_from_checkpoint(path)."
+        )

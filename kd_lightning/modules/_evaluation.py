@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import KLDivergence
 
 from kd_lightning.core.taps import HIDDEN
-from kd_lightning.core.tokens import IGNORE_INDEX, TokenTargets
+from kd_lightning.core.tokens import IGNORE_INDEX, Targets
 
 CLASSES, TOKENS = "classes", "tokens"
 Updates = dict[str, tuple[str, tuple[Tensor, ...]]]
@@ -74,7 +74,7 @@ def class_updates(logits: Tensor, teacher: Tensor | None, labels: Tensor | None)
     return updates
 
 
-def token_updates(logits: Tensor, teacher: Tensor | None, tokens: TokenTargets) -> Updates:
+def token_updates(logits: Tensor, teacher: Tensor | None, tokens: Targets) -> Updates:
     """Metric updates for logits ``[B, L, V]``: accuracy and perplexity on the labelled tokens, agreement and KL per
     real token (positions aligned with the logits, see :mod:`kd_lightning.core.tokens`)."""
     updates: Updates = {}
@@ -99,7 +99,7 @@ def token_updates(logits: Tensor, teacher: Tensor | None, tokens: TokenTargets) 
     return updates
 
 
-def hidden_updates(hidden: Tensor, teacher: Tensor | None, tokens: TokenTargets) -> Updates:
+def hidden_updates(hidden: Tensor, teacher: Tensor | None, tokens: Targets) -> Updates:
     """``cosine`` of student and teacher states ``[B, L, H]`` per real token (only when the widths are equal)."""
     if teacher is None or teacher.shape != hidden.shape:
         return {}
@@ -110,14 +110,11 @@ def hidden_updates(hidden: Tensor, teacher: Tensor | None, tokens: TokenTargets)
     return {"cosine": ("cosine", (cosine,))}
 
 
-def evaluation_updates(
-    kind: str, logits: Tensor, teacher: Tensor | None, labels: Tensor | None, tokens: TokenTargets | None
-) -> Updates:
+def evaluation_updates(kind: str, logits: Tensor, teacher: Tensor | None, target: Targets) -> Updates:
     """The metric updates of one evaluation batch for an output of ``kind``."""
     if kind == CLASSES:
-        return class_updates(logits, teacher, labels)
-    if tokens is None:
-        tokens = TokenTargets(labels, None, shape=tuple(logits.shape[:2]), device=logits.device)
+        return class_updates(logits, teacher, target.labels)
+    tokens = target.for_outputs(logits)
     if kind == TOKENS:
         return token_updates(logits, teacher, tokens)
     return hidden_updates(logits, teacher, tokens)

@@ -1,8 +1,6 @@
-"""Opt-in speed and memory settings of the modules: a half-precision frozen teacher, compilation, ``channels_last``.
+"""Opt-in speed settings of the modules: compilation and ``channels_last`` (a half-precision frozen teacher is the
+teacher's own setting: :class:`~kd_lightning.teachers.FrozenTeacher` ``dtype``).
 
-* ``teacher_dtype`` (offline mode): the frozen teacher is held in ``bfloat16`` or ``float16`` (half its weight memory);
-  its inputs are cast to that dtype, it runs outside any autocast region (one precision, not a mix), and every output
-  (logits, tapped features) is returned in ``float32``, so the losses see the same dtype as with a float32 teacher.
 * ``compile``: ``nn.Module.compile()`` on the chosen networks, in place. Unlike ``torch.compile(network)``, which
   wraps the network in an ``OptimizedModule`` (state-dict keys gain ``_orig_mod.``, and the feature taps and the
   optimizer keep pointing at the bare network, so the wrapper is silently bypassed), the network keeps its identity,
@@ -18,34 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-TEACHER_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def teacher_dtype(name: str | None) -> torch.dtype | None:
-    """``"bfloat16"`` -> ``torch.bfloat16``; ``None`` or ``"float32"`` -> ``None`` (the teacher's weights unchanged)."""
-    if name is None:
-        return None
-    if name not in TEACHER_DTYPES:
-        raise ValueError(
-            f"expected teacher_dtype to be one of {list(TEACHER_DTYPES)} but got {name!r}; 'bfloat16' halves the "
-            f"frozen teacher's weight memory and keeps float32's range (float16 overflows above 65504)."
-        )
-    return None if name == "float32" else TEACHER_DTYPES[name]
-
-
-def cast_input(x: Tensor, dtype: torch.dtype | None) -> Tensor:
-    """``x`` in ``dtype`` when it is floating point (token ids and masks are left alone)."""
-    return x.to(dtype) if dtype is not None and x.is_floating_point() else x
-
-
-def outputs_in_float32(outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Every floating-point output of a half-precision teacher as ``float32`` (others unchanged)."""
-    return {name: value.float() if value.is_floating_point() else value for name, value in outputs.items()}
 
 
 def compiled_names(option: bool | str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -77,15 +47,11 @@ def compile_in_place(networks: Mapping[str, nn.Module], options: Mapping[str, An
     return done
 
 
-def check_not_wrapped(network: nn.Module, argument: str) -> None:
-    """Refuse a ``torch.compile(network)`` wrapper: name the in-place option that keeps keys and taps."""
-    if isinstance(getattr(network, "_orig_mod", None), nn.Module):
-        raise TypeError(
-            f"expected {argument} to be a plain network but got a torch.compile(...) wrapper (OptimizedModule): its "
-            f"state-dict keys gain '_orig_mod.' and feature taps would miss it; pass the network itself and set "
-            f"compile: [{argument}] in the module's arguments (compiled in place with nn.Module.compile(), keys and "
-            f"checkpoints unchanged)."
-        )
+def channels_last_tensor(x: Tensor) -> Tensor:
+    """An image batch ``[B, C, H, W]`` (floating point) in ``channels_last`` memory format; other tensors unchanged."""
+    if x.ndim == 4 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def channels_last_batch(batch: Any) -> Any:

@@ -1,7 +1,10 @@
-"""``DistillationModule``: the student, the objective, metrics, optimizers and logging shared by every mode.
+"""``DistillationModule``: the student, the objective, the teacher source, metrics, optimizers and logging shared by
+every mode.
 
-Subclasses supply the teacher signal by overriding small hooks instead of ``training_step``:
-``student_outputs(batch)``, ``teacher_outputs(batch)``, ``compute_losses(batch)`` and ``configure_optimizers``.
+Every mode gets its teacher signal through one path, :meth:`DistillationModule.compute_losses`:
+``objective(student_outputs(batch), teacher_outputs(batch), targets(batch), epoch)``, where ``teacher_outputs`` asks the
+module's :class:`~kd_lightning.teachers.TeacherSource` (``None`` without one). A research subclass overrides the small
+hooks (``student_outputs``, ``teacher_outputs``, ``compute_losses``), never ``training_step``.
 """
 
 from __future__ import annotations
@@ -9,69 +12,68 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.core.saving import _load_from_checkpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.parsing import collect_init_args
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torch.nn import ModuleDict
 from torchmetrics.classification import MulticlassAccuracy
 
-try:  # FSDP2 (fully_shard modules under ModelParallelStrategy)
-    from torch.distributed.fsdp import FSDPModule
-except ImportError:  # a torch without it: nothing to reshard
-    FSDPModule = ()
-
-from kd_lightning.core import batch as batches
-from kd_lightning.core.batch import Batch, Inputs
-from kd_lightning.core.objective import DistillTerm, Objective, Target, missing_labels_error, total_loss
+from kd_lightning.core.batch import Batch, Inputs, parse_parts
+from kd_lightning.core.networks import check_not_wrapped, require_network
+from kd_lightning.core.objective import DistillTerm, Objective, missing_labels_error, total_loss
 from kd_lightning.core.taps import HIDDEN, LOGITS, FeatureTap
-from kd_lightning.core.tokens import TokenTargets, is_causal_lm
-from kd_lightning.files import AtomicCheckpointIO, read_checkpoint
-from kd_lightning.files.weights import describe_keys
-from kd_lightning.modules import _checkpoints as restore
-from kd_lightning.modules import _evaluation as evaluation
-from kd_lightning.modules import _guards as checks
-from kd_lightning.modules import _performance as performance
-from kd_lightning.modules import _run_state as run_state
-from kd_lightning.modules import _sequences as sequences
-from kd_lightning.modules._checkpoints import CHECKPOINT_KEY
+from kd_lightning.core.tokens import Targets, is_causal_lm, window_normalizers
+from kd_lightning.files import read_checkpoint
+from kd_lightning.modules import (
+    _agreement,
+    _checkpoints,
+    _evaluation,
+    _first_batch,
+    _guards,
+    _lightning,
+    _logging,
+    _nonfinite,
+    _performance,
+    _run_state,
+)
+from kd_lightning.modules.deployable import STUDENT_METRICS, Deployable
+from kd_lightning.teachers.base import TeacherSource
 
 DRY_RUN_SAMPLES = 8
+SHARED_ARGUMENTS = (
+    "num_classes",
+    "optimizer",
+    "lr_scheduler",
+    "label_smoothing",
+    "on_nonfinite",
+    "compile",
+    "channels_last",
+)
+"""The settings every mode forwards to :class:`DistillationModule` (``**kwargs`` in the modes' signatures)."""
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
-def _is_plain(value: Any) -> bool:
-    """Whether a hyperparameter is safe to store in a checkpoint (numbers, strings, and lists/dicts of them)."""
-    if isinstance(value, (int, float, str, bool, type(None))):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
-    return False
-
-
-def accuracy_metrics(names: Sequence[str], num_classes: int) -> nn.ModuleDict:
-    """One top-1 accuracy metric per name (per peer, per exit); unlabelled samples (``-100``) are skipped."""
-    return nn.ModuleDict({name: MulticlassAccuracy(num_classes, average="micro", ignore_index=-100) for name in names})
+def accuracy_metrics(names: Sequence[str], num_classes: int) -> ModuleDict:
+    """One top-1 accuracy metric per name (per peer, per exit, per teacher); unlabelled samples (``-100``) skipped."""
+    return ModuleDict({name: MulticlassAccuracy(num_classes, average="micro", ignore_index=-100) for name in names})
 
 
 class DistillationModule(L.LightningModule):
-    """Base of every mode: the student, an :class:`~kd_lightning.core.objective.Objective`, metrics and optimizers.
+    """Base of every mode: the student, an :class:`~kd_lightning.core.objective.Objective`, an optional teacher
+    source, metrics and optimizers.
 
     Args:
         student: the network to train and deploy; ``forward(x)`` returns its logits.
-        terms: distillation terms (empty for plain supervised training).
-        ce_weight: weight of the hard-label cross-entropy.
+        terms: distillation terms; ``None``: the teacher source's defaults (Hinton KD for a trained teacher), or none.
+        ce_weight: weight of the hard-label cross-entropy; ``None``: the source's default with its default terms
+            (0.1 beside Hinton KD), else 1.
         num_classes: number of classes (linked from the datamodule by the CLI).
         optimizer: builds the optimizer from the trainable parameters (teachers are never included).
         lr_scheduler: optional scheduler factory, stepped every epoch.
@@ -79,14 +81,18 @@ class DistillationModule(L.LightningModule):
         on_nonfinite: what a NaN/inf training loss does, caught before ``backward``: ``"stop"`` ends the run with a
             message naming the loss components, the step and the batch; ``"skip"`` skips that optimizer step (counted
             and logged as ``train/skipped_steps``; buffers the batch changed, such as BatchNorm statistics, are
-            restored). Never trains on a non-finite loss.
+            restored). Never trains on a non-finite loss; a fit whose every step was skipped fails.
+        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or a list of names of
+            :meth:`networks` (``student``, ``teacher``, peers).
+        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
+        teacher: who teaches (:class:`~kd_lightning.teachers.TeacherSource`); ``None``: no teacher.
     """
 
     def __init__(
         self,
         student: nn.Module,
         terms: Sequence[DistillTerm] | None = None,
-        ce_weight: float = 1.0,
+        ce_weight: float | None = None,
         num_classes: int = 10,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -94,31 +100,40 @@ class DistillationModule(L.LightningModule):
         on_nonfinite: str = "stop",
         compile: bool | Sequence[str] = False,
         channels_last: bool = False,
+        teacher: TeacherSource | None = None,
     ) -> None:
         super().__init__()
-        self.student = checks.check_network(student, "student")
-        performance.check_not_wrapped(student, "student")
-        terms = checks.check_terms(terms)
-        checks.check_number(num_classes, "num_classes", minimum=1, integer=True)
-        checks.check_number(ce_weight, "ce_weight")
-        checks.check_factory(optimizer, "optimizer", "torch.optim.AdamW or functools.partial(torch.optim.SGD, lr=0.1)")
-        checks.check_factory(lr_scheduler, "lr_scheduler", "torch.optim.lr_scheduler.CosineAnnealingLR", optional=True)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"expected label_smoothing in [0, 1) but got label_smoothing={label_smoothing}.")
-        if on_nonfinite not in checks.NONFINITE_ACTIONS:
-            raise ValueError(
-                f"expected on_nonfinite to be one of {list(checks.NONFINITE_ACTIONS)} but got {on_nonfinite!r}: "
-                f"'stop' ends the run at a NaN/inf loss, 'skip' skips that step (counted as train/skipped_steps)."
-            )
+        shared = (num_classes, optimizer, lr_scheduler, label_smoothing, on_nonfinite, compile, channels_last)
+        self._shared_arguments = dict(zip(SHARED_ARGUMENTS, shared, strict=True))
+        self.student = require_network(student, "student")
+        check_not_wrapped(student, "student")
+        terms = _guards.check_terms(terms)
+        default_ce = 1.0
+        if terms is None and teacher is not None:
+            terms, default_ce = teacher.default_terms()
+        ce_weight = default_ce if ce_weight is None else ce_weight
+        _guards.check_number(num_classes, "num_classes", minimum=1, integer=True)
+        _guards.check_number(ce_weight, "ce_weight")
+        _guards.check_factory(optimizer, "optimizer", "torch.optim.AdamW or functools.partial(torch.optim.SGD, lr=0.1)")
+        _guards.check_factory(lr_scheduler, "lr_scheduler", "torch.optim.lr_scheduler.CosineAnnealingLR", optional=True)
+        _guards.check_label_smoothing(label_smoothing)
+        _guards.check_nonfinite_action(on_nonfinite)
         self.objective = Objective(terms or [], ce_weight=ce_weight, label_smoothing=label_smoothing)
+        self.hard_labels = Objective([], ce_weight=1.0, label_smoothing=label_smoothing)
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.on_nonfinite = on_nonfinite
         self.compile_option, self.channels_last = compile, bool(channels_last)
         self.skipped_steps = 0
-        self.val_metrics = evaluation.stage_metrics(num_classes)
-        self.test_metrics = evaluation.stage_metrics(num_classes)
+        self.val_metrics = _evaluation.stage_metrics(num_classes)
+        self.test_metrics = _evaluation.stage_metrics(num_classes)
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.bind(student, self.objective.teacher_layers, num_classes)  # before the student's tap
+            members = teacher.member_names()
+            self.val_teacher_acc = accuracy_metrics(members, num_classes)
+            self.test_teacher_acc = accuracy_metrics(members, num_classes)
         self.student_tap = FeatureTap(student, self.objective.student_layers, role="student")
         self.causal_lm = is_causal_lm(student)
         self._warned_token_window = [False]
@@ -133,125 +148,146 @@ class DistillationModule(L.LightningModule):
         out the same way (its checkpoints load with ``weights_only=True``).
         """
         frame = inspect.currentframe().f_back
-        if _given_hyperparameters.get() is not None:
+        if _lightning.given_hyperparameters():
             self.save_hyperparameters(frame=frame)
             return
-        init_args: dict[str, Any] = {}
+        init_args: dict[str, Any] = dict(self._shared_arguments)  # the values a subclass forwarded in **kwargs
         for level in collect_init_args(frame, []):
             init_args.update(level)
-        ignore = [name for name, value in init_args.items() if not _is_plain(value)]
-        self.save_hyperparameters(ignore=ignore, frame=frame)
+        self.save_hyperparameters({name: value for name, value in init_args.items() if _checkpoints.is_plain(value)})
 
     # ----------------------------------------------------------------- hooks for subclasses
     def networks(self) -> dict[str, nn.Module]:
-        """The networks of this module by name (what ``compile`` can name): here the student alone."""
-        return {"student": self.student}
+        """The networks of this module by name (what ``compile`` can name): the student and the teacher's."""
+        return {"student": self.student, **(self.teacher.networks() if self.teacher is not None else {})}
+
+    def deployables(self, example_input: Inputs | None = None) -> list[Deployable]:
+        """The networks the report measures and the export can write, references first, the deployed student last.
+
+        Here: the teacher source's networks that predict (each with its test accuracy), then the student.
+        ``example_input`` is used by modes that cut networks out of the student (BYOT exits).
+        """
+        teachers = self.teacher.networks() if self.teacher is not None and self.teacher.is_teaching else {}
+        if not teachers:
+            return [Deployable("network", "student", self.student, dict(STUDENT_METRICS))]
+        single = len(teachers) == 1
+        rows = [
+            Deployable(name, "teacher", network, {"acc": "test/teacher_acc" if single else f"test/teacher_acc_{name}"})
+            for name, network in teachers.items()
+        ]
+        compared = [row.name for row in rows]
+        return [*rows, Deployable("student", "student", self.student, dict(STUDENT_METRICS), "the teacher", compared)]
 
     def forward(self, x: Inputs) -> Tensor:
         """The deployable student's logits ``[B, num_classes]`` (``[B, L, V]`` for a language model; a dict input is
         passed as keyword arguments: ``input_ids``, ``attention_mask``)."""
-        return batches.call(self.student_tap, x)[LOGITS]
+        return Batch(x).call(self.student_tap)[LOGITS]
 
     def student_outputs(self, batch: Batch) -> dict[str, Tensor]:
         """Student logits and the features the terms read: ``{"logits": [B, C], "<module path>": ...}``."""
-        return batches.call(self.student_tap, batches.inputs_of(batch))
+        return Batch.parse(batch).call(self.student_tap)
 
-    def targets(self, batch: Batch) -> Target:
-        """What the objective compares with: labels ``[B]`` (``None`` when the batch has none), or the token targets
-        of a sequence batch (labels, attention mask, causal shift, and in training the normalisers of the effective
-        batch: see :mod:`kd_lightning.modules._sequences`)."""
+    def targets(self, batch: Batch) -> Targets:
+        """What the objective compares with (:class:`~kd_lightning.core.tokens.Targets`): the labels, and for a
+        sequence batch the attention mask, the causal shift and in training the normalisers of the effective batch
+        (:func:`~kd_lightning.core.tokens.window_normalizers`)."""
+        batch = Batch.parse(batch)
         normalizers = None
-        if self.training and self._trainer is not None and self.trainer.training:
-            normalizers = sequences.window_normalizers(batch, self.trainer, self._warned_token_window)
-        return sequences.batch_targets(batch, self.causal_lm, normalizers)
+        if self.training and self._trainer is not None and self.trainer.training and batch.is_sequence:
+            normalizers = window_normalizers(batch, self.trainer, self._warned_token_window)
+        return batch.targets(self.causal_lm, normalizers)
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor] | None:
-        """Teacher logits and features (detached targets), or ``None`` when this mode has no teacher."""
-        return None
+        """Teacher logits and features (detached targets) from the teacher source; ``None`` when there is none, or
+        while it has nothing to teach yet."""
+        if self.teacher is None or not self.teacher.is_teaching:
+            return None
+        return self.teacher.outputs(Batch.parse(batch))
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
-        """Named, already weighted loss components: ``{"ce": ..., "<term>": ...}``; the total is their sum."""
-        teacher = self.teacher_outputs(batch)  # first: its temporaries are freed before the student's graph is built
-        return self.objective(self.student_outputs(batch), teacher, self.targets(batch), self.current_epoch)
+        """Named, already weighted loss components: ``{"ce": ..., "<term>": ...}``; the total is their sum.
+
+        The teacher runs first (its temporaries are freed before the student's graph is built). Without a teacher
+        signal (no source, or one not teaching yet) and with terms, the student learns from the labels alone with
+        cross-entropy weight 1; the source's :meth:`~kd_lightning.teachers.TeacherSource.loss_scales` scale the
+        cross-entropy and the terms.
+        """
+        batch = Batch.parse(batch)
+        teacher = self.teacher_outputs(batch)
+        student, target = self.student_outputs(batch), self.targets(batch)
+        if self.teacher is not None and self.training and self._trainer is not None and self.trainer.training:
+            self.teacher.observe_student(batch, student)
+        if teacher is None and self.objective.terms:
+            return self.hard_labels(student, None, target)
+        losses = self.objective(student, teacher, target, self.current_epoch)
+        if self.teacher is None:
+            return losses
+        ce_scale, term_scale = self.teacher.loss_scales(self.current_epoch, self._max_epochs())
+        if (ce_scale, term_scale) == (1.0, 1.0):
+            return losses
+        return {name: value * (ce_scale if name == "ce" else term_scale) for name, value in losses.items()}
 
     def eval_teacher_logits(self, batch: Batch) -> Tensor | None:
         """Teacher logits for the validation/test metrics, or ``None``."""
-        outputs = self.teacher_outputs(batch)
-        return None if outputs is None else outputs[LOGITS]
+        return None if self.teacher is None else self.teacher.eval_logits(Batch.parse(batch))
 
     def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor | None]:
         """Student and teacher logits ``[B, C]`` (teacher ``None`` when there is none) for the ``stage`` metrics.
 
         Modes whose one forward pass yields more (every peer, every exit) override this to log those metrics from the
-        same pass, so no network runs twice per evaluation batch.
+        same pass, so no network runs twice per evaluation batch. A source with several teachers logs each one's
+        accuracy as ``<stage>/teacher_acc_<name>``.
         """
-        return self(batches.inputs_of(batch)), self.eval_teacher_logits(batch)
+        if self.teacher is not None and self.teacher.member_names() and batch.labels is not None:
+            metrics = self.val_teacher_acc if stage == "val" else self.test_teacher_acc
+            for name, logits in self.teacher.member_logits(batch).items():
+                if batch.labels.ndim == 1:
+                    metrics[name].update(logits, batch.labels)
+                    self.log(f"{stage}/teacher_acc_{name}", metrics[name], batch_size=batch.size)
+        return self(batch.inputs), self.eval_teacher_logits(batch)
+
+    def _max_epochs(self) -> int | None:
+        return self.trainer.max_epochs if self._trainer is not None else None
 
     # ----------------------------------------------------------------- Lightning steps
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         buffers = [b.detach().clone() for b in self.buffers()] if self.on_nonfinite == "skip" else None
-        batch = self.format_batch(batch)
-        losses = self.combined_losses(batch) if batches.is_combined(batch) else self.compute_losses(batch)
+        parts = {name: self.format_batch(part) for name, part in parse_parts(batch).items()}
+        losses = self.combined_losses(parts)
         loss = total_loss(losses)
-        batch_size = sum(batches.size_of(part) for part in batches.parts(batch))
-        if not self.loss_is_finite(loss, losses, batch, batch_idx):
+        if not self.loss_is_finite(loss, losses, parts, batch_idx):
             if buffers:
                 torch._foreach_copy_(list(self.buffers()), buffers)  # undo the batch's BatchNorm statistics updates
+            self._after_training_step(taken=False)
             return None
-        self.log_losses(loss, losses, batch_idx, batch_size)
+        self.log_losses(loss, losses, batch_idx, sum(part.size for part in parts.values()))
+        self._after_training_step(taken=True)
         return loss
 
-    def combined_losses(self, batch: dict[str, Batch]) -> dict[str, Tensor]:
-        """Losses of a dict of batches (Lightning's ``CombinedLoader``: ``{"labelled": (x, y), "unlabelled": (x,)}``):
-        each part's components, summed by name — a labelled part adds its hard-label loss, every part its terms."""
+    def _after_training_step(self, taken: bool) -> None:
+        self._steps_taken = getattr(self, "_steps_taken", 0) + int(taken)
+        if self.teacher is not None:
+            self.teacher.after_training_step(self, taken)
+
+    def combined_losses(self, parts: dict[str | None, Batch]) -> dict[str, Tensor]:
+        """Losses of the parts of a training batch (one part, or a dict of batches from Lightning's
+        ``CombinedLoader``: ``{"labelled": (x, y), "unlabelled": (x,)}``): each part's components, summed by name —
+        a labelled part adds its hard-label loss, every part its terms."""
         losses: dict[str, Tensor] = {}
-        for part in batch.values():
+        for part in parts.values():
             for name, value in self.compute_losses(part).items():
                 losses[name] = losses[name] + value if name in losses else value
         return losses
 
     def log_losses(self, loss: Tensor, losses: dict[str, Tensor], batch_idx: int, batch_size: int) -> None:
-        """Log ``train/loss`` and every component ``train/<name>`` — on the steps where they can be read.
-
-        Lightning hands per-step values to the loggers only every ``log_every_n_steps`` steps, and one ``self.log``
-        costs about 0.4 ms on CPU (a third of a small model's step). So the values are logged on those steps, on the
-        first and last batch of every epoch and on the fit's last step (what the loggers write is unchanged);
-        ``train/loss`` is logged every step while a progress bar shows it, and so is any key a callback monitors
-        (``ModelCheckpoint(monitor=...)``, ``EarlyStopping``).
-        """
-        every_step = getattr(self, "_every_step_keys", None)
-        if every_step is None:  # outside a fit's training loop (or fast_dev_run: everything, every step)
-            every_step = self.keys_logged_every_step()
-        all_keys = every_step is None or self.is_logged_step(batch_idx)
+        """Log ``train/loss`` and every component ``train/<name>`` on the steps where they can be read (see
+        :mod:`~kd_lightning.modules._logging`)."""
         values = {"train/loss": loss, **{f"train/{name}": value for name, value in losses.items()}}
-        shown = every_step is None or "train/loss" in every_step
-        for key, value in values.items():
-            if all_keys or key in every_step:
-                self.log(key, value, prog_bar=shown and key == "train/loss", batch_size=batch_size)
+        keys, shown = _logging.keys_to_log(self, values, batch_idx)
+        for key in keys:
+            self.log(key, values[key], prog_bar=shown and key == "train/loss", batch_size=batch_size)
 
-    def keys_logged_every_step(self) -> set[str] | None:
-        """Keys read every step (the progress bar's loss, monitored keys); ``None``: log every key every step."""
-        trainer = self._trainer
-        if trainer is None or trainer.fast_dev_run:
-            return None
-        monitored = (getattr(callback, "monitor", None) for callback in trainer.callbacks)
-        keys = {monitor for monitor in monitored if isinstance(monitor, str)}
-        if trainer.progress_bar_callback is not None:
-            keys.add("train/loss")
-        return keys
-
-    def is_logged_step(self, batch_idx: int) -> bool:
-        """Whether the loggers write this step's values (or the step opens or closes an epoch or the fit)."""
-        trainer = self.trainer
-        last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step + 1
-        return (
-            batch_idx == 0
-            or last_step
-            or trainer._logger_connector.should_update_logs
-            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        )
-
-    def loss_is_finite(self, loss: Tensor, losses: dict[str, Tensor], batch: Batch, batch_idx: int) -> bool:
+    def loss_is_finite(self, loss: Tensor, losses: dict[str, Tensor], parts: Any, batch_idx: int) -> bool:
         """Guard before ``backward``: a non-finite loss stops the run (default) or skips the step (``"skip"``).
 
         Under DDP the decision is taken by all ranks together, so every rank skips the same steps.
@@ -261,48 +297,48 @@ class DistillationModule(L.LightningModule):
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return True
-        message = checks.describe_nonfinite(losses, batch, self.current_epoch, self.global_step, batch_idx)
+        parts = parts if isinstance(parts, dict) else parse_parts(parts)
+        message = _nonfinite.describe_nonfinite(self, losses, parts, batch_idx)
         if self.on_nonfinite == "stop":
-            raise checks.NonFiniteLossError(message)
+            raise _nonfinite.NonFiniteLossError(message)
         self.skipped_steps += 1
         skipped = message.replace("To skip such steps instead of stopping, set", "Skipped, as set by")
         warnings.warn(skipped, stacklevel=2)
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batches.size_of(batches.parts(batch)[0]))
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=next(iter(parts.values())).size)
         return False
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
 
-    def format_batch(self, batch: Any) -> Any:
-        """The batch as the networks take it: with ``channels_last``, 4-D inputs in that memory format.
+    def format_batch(self, batch: Any) -> Batch:
+        """The batch parsed (:class:`~kd_lightning.core.batch.Batch`), as the networks take it: with
+        ``channels_last``, 4-D inputs in that memory format.
 
         Called at the start of every training, evaluation and prediction step (not as ``on_after_batch_transfer``,
         which a datamodule may define too).
         """
-        return performance.channels_last_batch(batch) if self.channels_last else batch
+        batch = Batch.parse(batch)
+        return batch.map_inputs(_performance.channels_last_tensor) if self.channels_last else batch
 
-    def predict_step(self, batch: Batch | Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The deployable student's logits ``[B, num_classes]`` for a batch ``(x, ...)``, a dict batch or a bare input
         tensor."""
-        batch = self.format_batch(batch)
-        return self(batch if isinstance(batch, Tensor) else batches.inputs_of(batch))
+        return self(self.format_batch(batch).inputs)
 
-    def _evaluate(self, batch: Batch, stage: str, metrics: nn.ModuleDict) -> None:
-        """Update and log the ``stage`` metrics of the student's output kind (see :mod:`~.evaluation`)."""
+    def _evaluate(self, batch: Any, stage: str, metrics: ModuleDict) -> None:
+        """Update and log the ``stage`` metrics of the student's output kind (see :mod:`~._evaluation`)."""
         batch = self.format_batch(batch)
         logits, teacher_logits = self.evaluation_logits(batch, stage)
         target = self.targets(batch)
-        labels = target.labels if isinstance(target, TokenTargets) else target
-        tokens = target if isinstance(target, TokenTargets) else None
-        kind = evaluation.output_kind(logits, self.student_tap.output_kind)
-        updates = evaluation.evaluation_updates(kind, logits, teacher_logits, labels, tokens)
+        kind = _evaluation.output_kind(logits, self.student_tap.output_kind)
+        updates = _evaluation.evaluation_updates(kind, logits, teacher_logits, target)
         for name, (key, args) in updates.items():
-            metric: Metric = metrics[key]
+            metric = metrics[key]
             metric.update(*args)
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", batch_size=batches.size_of(batch))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", batch_size=batch.size)
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -312,26 +348,104 @@ class DistillationModule(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then let the teacher source update (an EMA) — only on real optimizer steps."""
+        super().optimizer_step(*args, **kwargs)
+        if self.teacher is not None:
+            self.teacher.after_optimizer_step(self)
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Switch the student (and adapters, exits, peers) to ``mode``; teacher networks always stay in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.train(mode)
+        return self
+
+    # ----------------------------------------------------------------- the fit
     def on_fit_start(self) -> None:
-        """Silence Lightning's eval-mode warning only when every module in eval mode is a frozen ``teacher``'s."""
-        eval_modules = [name for name, module in self.named_modules() if not module.training]
-        if eval_modules and all(name.startswith("teacher") for name in eval_modules):
+        """Every trainable network in train mode (whatever mode its builder returned it in; teachers stay in eval),
+        Lightning's eval-mode warning silenced for this fit when only teacher networks are in eval mode, and the
+        teacher source started (a cache opens or builds)."""
+        self.train()
+        frozen = {id(module) for network in self._teacher_networks() for module in network.modules()}
+        eval_modules = [module for module in self.modules() if not module.training]
+        if eval_modules and all(id(module) in frozen for module in eval_modules):
+            self._warning_scope = warnings.catch_warnings()
+            self._warning_scope.__enter__()
             warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+        if self.teacher is not None:
+            self.teacher.on_fit_start(self)
+
+    def _teacher_networks(self) -> list[nn.Module]:
+        return [] if self.teacher is None else [module for module in self.teacher.modules() if module is not self]
+
+    def on_train_start(self) -> None:
+        """Resume: re-apply the saved run state. Then check every trainable parameter is in an optimizer."""
+        state, self._pending_run_state = getattr(self, "_pending_run_state", None), None
+        if state:
+            _run_state.restore(self.trainer, state)
+        self._optimized = self.check_optimized()
+        self._steps_taken, self._skipped_at_start = 0, self.skipped_steps
+        self._every_step_keys = _logging.keys_logged_every_step(self)  # once per fit: callbacks do not change
+
+    def on_train_epoch_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.on_train_epoch_start(self)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the first step of the fit, make sure no parameter appeared that the optimizer does not hold."""
+        if getattr(self, "_optimized", None) is not None:
+            self.check_optimized(expected=self._optimized)
+            self._optimized = None
+
+    def on_train_epoch_end(self) -> None:
+        """The teacher source's epoch end; an epoch whose every step was skipped stops the fit."""
+        _nonfinite.check_some_step_taken(self, getattr(self, "_steps_taken", 0))
+        if self.teacher is not None:
+            self.teacher.on_train_epoch_end(self)
+
+    def on_train_end(self) -> None:
+        """A fit whose every training step was skipped (non-finite losses) trained nothing: it fails."""
+        self._every_step_keys = None
+        _nonfinite.check_some_step_taken(self, getattr(self, "_steps_taken", 0))
+
+    def teardown(self, stage: str) -> None:
+        """The teacher source's teardown; the eval-mode warning filter of the fit removed."""
+        if self.teacher is not None:
+            self.teacher.teardown(self, stage)
+        scope = getattr(self, "_warning_scope", None)
+        if scope is not None and stage == "fit":
+            self._warning_scope = None
+            scope.__exit__(None, None, None)
+        super().teardown(stage)
+
+    def check_optimized(self, expected: set[int] | None = None) -> set[int]:
+        """Raise when a trainable parameter is in no optimizer (e.g. an adapter built after the optimizer)."""
+        return _agreement.check_optimized(self, expected)
 
     # ----------------------------------------------------------------- checkpoints: what a resume needs
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the module class and the run state (RNG, loader position, skipped steps) beside the weights."""
-        checkpoint[CHECKPOINT_KEY] = {
-            "module_class": restore.class_name(type(self)),
+        """Record the module class, the run state (RNG, loader position, skipped steps) and the teacher's
+        fingerprint; a frozen teacher's weights are dropped (re-read from its file on load)."""
+        checkpoint[_checkpoints.CHECKPOINT_KEY] = {
+            "module_class": _checkpoints.class_name(type(self)),
             "skipped_steps": self.skipped_steps,
-            "run_state": run_state.capture(self.trainer, checkpoint) if self._trainer is not None else {},
+            "run_state": _run_state.capture(self.trainer, checkpoint) if self._trainer is not None else {},
         }
+        if self.teacher is not None:
+            _checkpoints.save_teacher(self.teacher, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the checkpoint fits (class, architecture); keep its run state for ``on_train_start``."""
-        restore.check_module_class(type(self), checkpoint, "being loaded")
-        restore.check_architecture(self, checkpoint["state_dict"], "being loaded", restore.unbuilt_adapters(self))
-        ours = checkpoint.get(CHECKPOINT_KEY) or {}
+        """Put the live teacher's weights back (strict loading of a teacher-less checkpoint), check the checkpoint
+        fits (class, architecture, teacher) and keep its run state for ``on_train_start``."""
+        if self.teacher is not None:
+            resuming = self._trainer is not None and self.trainer.training
+            _checkpoints.load_teacher(self.teacher, checkpoint, self.hparams, resuming)
+        _checkpoints.check_module_class(type(self), checkpoint, "being loaded")
+        _checkpoints.check_architecture(
+            self, checkpoint["state_dict"], "being loaded", _checkpoints.unbuilt_adapters(self)
+        )
+        ours = checkpoint.get(_checkpoints.CHECKPOINT_KEY) or {}
         self.skipped_steps = int(ours.get("skipped_steps", 0))
         self._pending_run_state = ours.get("run_state") or None
 
@@ -351,12 +465,12 @@ class DistillationModule(L.LightningModule):
         naming it); a checkpoint written by another module class is refused with the class to use.
         """
         checkpoint = read_checkpoint(checkpoint_path, what="checkpoint")
-        restore.check_module_class(cls, checkpoint, checkpoint_path)
+        _checkpoints.check_module_class(cls, checkpoint, checkpoint_path)
+        loader = _checkpoints.loading_class(cls, checkpoint)
         del checkpoint
         args = (map_location, hparams_file, strict, weights_only)
         try:
-            loaded = _load_from_checkpoint(cls, checkpoint_path, *args, **kwargs)
-            return loaded
+            loaded = _lightning.load_checkpoint_into(loader, checkpoint_path, *args, **kwargs)
         except FileNotFoundError as error:
             raise FileNotFoundError(
                 f"{error} (while loading {str(checkpoint_path)!r}: the teacher is not stored in distillation "
@@ -364,111 +478,57 @@ class DistillationModule(L.LightningModule):
                 f"{cls.__name__}.load_from_checkpoint(path, teacher_weights='new/path.safetensors'), or from the CLI "
                 f"--model.init_args.teacher_weights=new/path.safetensors)"
             ) from error
-
-    def on_train_start(self) -> None:
-        """Resume: re-apply the saved run state. Then check every trainable parameter is in an optimizer."""
-        state, self._pending_run_state = getattr(self, "_pending_run_state", None), None
-        if state:
-            run_state.restore(self.trainer, state)
-        self._optimized = self.check_optimized()
-        self._every_step_keys = self.keys_logged_every_step()  # once per fit: the callbacks do not change during it
-
-    def on_train_end(self) -> None:
-        self._every_step_keys = None
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        """After the first step of the fit, make sure no parameter appeared that the optimizer does not hold."""
-        if getattr(self, "_optimized", None) is not None:
-            self.check_optimized(expected=self._optimized)
-            self._optimized = None
-
-    def check_optimized(self, expected: set[int] | None = None) -> set[int]:
-        """Raise when a trainable parameter is in no optimizer (e.g. an adapter built after the optimizer)."""
-        for module in self.modules():  # FSDP2 leaves a root's unsharded parameters registered after an eval forward
-            if isinstance(module, FSDPModule):
-                module.reshard()  # register the sharded parameters again: those are the optimizer's
-        optimized = {id(p) for opt in self.trainer.optimizers for group in opt.param_groups for p in group["params"]}
-        if not optimized:
-            return optimized
-        left_out = [name for name, p in self.named_parameters() if p.requires_grad and id(p) not in optimized]
-        if left_out:
-            when = "during the first training step" if expected is not None else "after the optimizer was built"
-            raise RuntimeError(
-                f"{len(left_out)} trainable parameter(s) are in no optimizer and would never be trained: "
-                f"{describe_keys(left_out, 4)} (created {when}). Build every loss module in compute_losses, which the "
-                f"dry run in setup() calls before the optimizer exists, or freeze them with requires_grad_(False)."
-            )
-        return optimized
+        _checkpoints.check_loaded_class(cls, loaded, checkpoint_path)
+        return loaded
 
     # ----------------------------------------------------------------- setup: fail before training, build adapters
     def setup(self, stage: str) -> None:
-        """Make checkpoint files atomic; before a fit, run the checks and the dry run (see :meth:`dry_run`)."""
-        strategy = self.trainer.strategy
-        if type(strategy.checkpoint_io) is TorchCheckpointIO:
-            strategy.checkpoint_io = AtomicCheckpointIO()  # same files; temporary file + rename, defensive loads
+        """The teacher source's setup; before a fit, the checks and the dry run (see :meth:`dry_run`), each before the
+        first optimizer step."""
         self.check_taps()
-        names = performance.compiled_names(self.compile_option, list(self.networks()))
+        names = _performance.compiled_names(self.compile_option, list(self.networks()))
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.teacher is not None:
+            self.teacher.setup(self, stage)
         if stage == "fit":
-            checks.check_budget(self.trainer)
-            batch = self.example_batch()
-            checks.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
-            labelled = [batches.labels_of(part) is not None for part in batches.parts(batch)]
-            if self.objective.ce_weight > 0 and not any(labelled):
-                raise missing_labels_error()
-            for part in batches.parts(batch):
-                checks.check_token_ids(part, self.networks(), self.num_classes)
-                self.dry_run(self.format_batch(batches.head(part, DRY_RUN_SAMPLES)))
-                labels = batches.labels_of(part)
-                if labels is not None and not sequences.is_sequence_batch(part):
-                    checks.check_label_range(labels, self.num_classes)
-        performance.compile_in_place({name: self.networks()[name] for name in names})  # after the dry run: lazy
+            self.check_before_fit()
+        _performance.compile_in_place({name: self.networks()[name] for name in names})  # after the dry run: lazy
+
+    def check_before_fit(self) -> None:
+        """The budget, the schedule, the first training batch (structure, labels, token ids), the dry run and the
+        teacher source's own check, part by part of a combined loader."""
+        _guards.check_budget(self.trainer)
+        _guards.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
+        parts = self.example_batch()
+        if self.objective.ce_weight > 0 and not any(part.labels is not None for part in parts.values()):
+            raise missing_labels_error()
+        for part in parts.values():
+            _first_batch.check_inputs_fit(part, self.networks(), self.num_classes)
+            self.dry_run(self.format_batch(part.head(DRY_RUN_SAMPLES)))
+            if part.labels is not None and not part.is_sequence:
+                _first_batch.check_label_range(part.labels, self.num_classes)
+            if self.teacher is not None:
+                with self.temporarily_in_eval_mode():
+                    self.teacher.check(self, self.format_batch(part))
 
     def tapped_networks(self) -> list[tuple[str, nn.Module, FeatureTap]]:
         """``(attribute, current network, its feature tap)`` for every tapped network (checked in ``setup``)."""
-        return [("student", self.student, self.student_tap)]
+        own = [("student", self.student, self.student_tap)]
+        return own + (self.teacher.tapped() if self.teacher is not None else [])
 
     def check_taps(self) -> None:
         """Raise when a network was replaced after construction (the taps, and so training, would use the old one)."""
-        for name, network, tap in self.tapped_networks():
-            if tap.model is network:
-                continue
-            wrapped = hasattr(network, "_orig_mod")
-            wrapper = f" by a torch.compile wrapper (set compile: [{name}] instead)" if wrapped else ""
-            raise ValueError(
-                f"module.{name} was replaced after the module was built{wrapper}: the feature taps and the losses "
-                f"still read the network given to __init__, so training would silently use that one; build a new "
-                f"{type(self).__name__} with the network as its argument instead of assigning it."
-            )
+        _agreement.check_taps(self)
 
-    def example_batch(self) -> Batch:
-        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run (a dict of
-        batches from a ``CombinedLoader`` is checked part by part).
+    def example_batch(self) -> dict[str | None, Batch]:
+        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run, parsed into
+        its parts (one, or the loaders of a ``CombinedLoader``)."""
+        return _first_batch.first_training_batch(self.training_dataloader())
 
-        ``setup`` runs the dry run on its first samples and checks every label against ``num_classes`` after it.
-        """
-        trainer = self.trainer
-        if trainer.datamodule is not None:
-            loader = trainer.datamodule.train_dataloader()
-        else:
-            loader = trainer.fit_loop._data_source.dataloader()
-        loaders = loader if isinstance(loader, Mapping) else {None: loader}
-        batch = {name: self._first_batch(part, name) for name, part in loaders.items()}
-        for name, part in batch.items():
-            checks.check_batch(part, part=name)
-        return batch if isinstance(loader, Mapping) else batch[None]
-
-    @staticmethod
-    def _first_batch(loader: Any, name: str | None) -> Batch:
-        try:
-            return next(iter(loader))
-        except StopIteration:
-            which = f"the {name!r} training dataloader" if name is not None else "the training dataloader"
-            raise ValueError(
-                f"{which} is empty: there is nothing to train on; check the dataset's size, train_fraction/split "
-                f"settings, and that batch_size is not larger than the dataset with drop_last."
-            ) from None
+    def training_dataloader(self) -> Any:
+        """The fit's training loader: the datamodule's, or the one passed to ``Trainer.fit``."""
+        return _lightning.training_dataloader(self.trainer)
 
     @torch.no_grad()
     def dry_run(self, batch: Batch) -> None:
@@ -477,10 +537,11 @@ class DistillationModule(L.LightningModule):
         ``compute_losses`` is what runs, so adapters of losses a subclass adds there are built (and optimized) too.
         Errors surface here, before the first training step; BatchNorm statistics are not touched.
         """
+        batch = Batch.parse(batch)
         with self.temporarily_in_eval_mode():
             student = self.student_outputs(batch)
             teacher = self.teacher_outputs(batch)
-            self.check_classes(student, teacher)
+            _agreement.check_classes(self, student, teacher)
             self.compute_losses(batch)
 
     @contextlib.contextmanager
@@ -499,43 +560,9 @@ class DistillationModule(L.LightningModule):
             for module, mode in modes.items():
                 module.train(mode)
 
-    def check_classes(self, student: dict[str, Tensor], teacher: dict[str, Tensor] | None) -> None:
-        """Raise before training when the student, teacher and ``num_classes`` disagree on the number of classes (or
-        tokens), or when a hard-label loss is asked of a network without logits."""
-        kind = evaluation.output_kind(student[LOGITS], self.student_tap.output_kind)
-        if kind == HIDDEN:
-            if self.objective.ce_weight > 0:
-                raise ValueError(
-                    f"the student returns hidden states {tuple(student[LOGITS].shape)} (a model without logits, such "
-                    f"as a Hugging Face BertModel), so there is no hard-label loss to compute but ce_weight="
-                    f"{self.objective.ce_weight:g}; set ce_weight: 0 (hidden-state terms only), or give the model a "
-                    f"head (kd_lightning.models.text with task: masked_lm or causal_lm)."
-                )
-            return
-        student_classes = student[LOGITS].shape[-1]
-        if teacher is not None and teacher[LOGITS].shape[-1] != student_classes:
-            if kind == evaluation.TOKENS:
-                raise ValueError(
-                    f"teacher and student must share a vocabulary but the teacher predicts "
-                    f"{teacher[LOGITS].shape[-1]} tokens and the student {student_classes}; build the student for the "
-                    f"teacher's tokenizer: kd_lightning.models.text.student_from_teacher, or model_from_config with "
-                    f"vocab_size: {teacher[LOGITS].shape[-1]}."
-                )
-            raise ValueError(
-                f"teacher and student must predict the same classes but the teacher has "
-                f"{teacher[LOGITS].shape[-1]} outputs and the student {student_classes}; set the same num_classes "
-                f"in both networks' init_args."
-            )
-        if kind == evaluation.TOKENS:
-            if student_classes < self.num_classes:
-                raise ValueError(
-                    f"the student predicts {student_classes} tokens but the data's tokenizer has num_classes="
-                    f"{self.num_classes} tokens; build the model for that tokenizer (model_from_config vocab_size: "
-                    f"{self.num_classes}), or use the tokenizer the model was trained with."
-                )
-            return
-        if student_classes != self.num_classes:
-            raise ValueError(
-                f"expected the student to output num_classes={self.num_classes} logits but it has "
-                f"{student_classes}; set num_classes={self.num_classes} in the student's init_args."
-            )
+    def output_kind(self, logits: Tensor) -> str:
+        """``"classes"``, ``"tokens"`` or ``"hidden"`` (a network without logits) of the student's outputs."""
+        return _evaluation.output_kind(logits, self.student_tap.output_kind)
+
+
+__all__ = ["DRY_RUN_SAMPLES", "HIDDEN", "DistillationModule", "accuracy_metrics"]

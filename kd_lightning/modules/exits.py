@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kd_lightning.core.networks import hookless_copy
 from kd_lightning.core.objective import hard_label_loss
 from kd_lightning.core.taps import LOGITS
+from kd_lightning.core.tokens import Targets, as_targets
 from kd_lightning.losses import LazyAdapter, kd_loss
 
 
@@ -146,17 +147,18 @@ class BYOTExits(nn.Module):
         return {layer: self.heads[exit_key(layer)](outputs[layer], deepest, outputs[LOGITS]) for layer in self.layers}
 
     def losses(
-        self, outputs: Mapping[str, Tensor], target: Tensor | None, label_smoothing: float = 0.0
+        self, outputs: Mapping[str, Tensor], target: Targets | Tensor | None, label_smoothing: float = 0.0
     ) -> dict[str, Tensor]:
         """Weighted losses ``{"exit_ce_<layer>", "exit_kd_<layer>", "exit_hint_<layer>"}``; teacher side detached.
-        A label-free batch (``target=None``) has no ``exit_ce``; unlabelled samples (``-100``) are skipped by it."""
+        A label-free batch has no ``exit_ce``; unlabelled samples (``-100``) are skipped by it."""
+        target = as_targets(target)
         teacher_logits = outputs[LOGITS].detach()
         teacher_features = global_pool(outputs[self.feature_layer]).detach().float()
         losses: dict[str, Tensor] = {}
         for layer, (hidden, logits) in self(outputs).items():
             key = exit_key(layer)
             hint = (hidden.float() - teacher_features).pow(2).sum(dim=1).mean()
-            if target is not None and self.alpha < 1.0:
+            if target.has_labels and self.alpha < 1.0:
                 losses[f"exit_ce_{key}"] = (1.0 - self.alpha) * hard_label_loss(logits, target, label_smoothing)
             losses[f"exit_kd_{key}"] = self.alpha * kd_loss(logits, teacher_logits, self.temperature)
             losses[f"exit_hint_{key}"] = self.hint_weight * hint
@@ -199,7 +201,7 @@ def truncate(model: nn.Module, layer: str, head: nn.Module) -> nn.Sequential:
 
 
 def exit_table(rows: Sequence[Mapping[str, object]]) -> Table:
-    """A table of :meth:`SelfDistillation.exit_summary` rows: exit, parameters, share of the full model, accuracy."""
+    """A table of :meth:`LayerwiseSelfDistillation.exit_summary` rows: exit, parameters, share, accuracy."""
     table = Table(title="kd_lightning exits (each truncated network stands alone)")
     columns = [key for key in rows[0] if key != "exit" and any(row.get(key) is not None for row in rows)]
     table.add_column("exit")

@@ -10,18 +10,20 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from kd_lightning.core import batch as batches
+from kd_lightning.core.batch import Batch
+from kd_lightning.core.networks import check_not_wrapped
 from kd_lightning.core.objective import DistillTerm, Objective, Target
 from kd_lightning.core.taps import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
-from kd_lightning.modules import _performance as performance
+from kd_lightning.modules._agreement import check_classes
 from kd_lightning.modules._guards import check_something_to_learn
-from kd_lightning.modules.base import Batch, DistillationModule, accuracy_metrics
+from kd_lightning.modules.base import DistillationModule, accuracy_metrics
+from kd_lightning.modules.deployable import STUDENT_METRICS, Deployable
 
 PeerOutputs = dict[str, dict[str, Tensor]]
 PEER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -34,7 +36,7 @@ def _named_peers(peers: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[s
     for name, net in named.items():
         if not isinstance(net, nn.Module):
             raise TypeError(f"expected every peer to be an nn.Module but peer {name!r} is {type(net).__name__}.")
-        performance.check_not_wrapped(net, f"peers.{name}")
+        check_not_wrapped(net, f"peers.{name}")
         if not isinstance(name, str) or not PEER_NAME.fullmatch(name):
             raise ValueError(f"expected peer names that are Python identifiers (used in log keys) but got {name!r}.")
     if len(named) < 2:
@@ -120,7 +122,8 @@ class OnlineDistillation(DistillationModule):
 
     Logged: ``train/ce_<peer>``, ``train/<term>_<peer>``, ``train/ensemble_<term>_<peer>``, ``train/loss``;
     ``val|test/acc_<peer>`` for every peer; ``val|test/acc`` of the student, and ``teacher_acc``, ``agreement``, ``kl``
-    against the mean logits of the other peers (the teacher itself when the cohort is a teacher and a student).
+    against the mean logits of the other peers (the teacher itself when the cohort is a teacher and a student). Peers
+    are learners, not teacher sources: the module keeps its own links between them.
     Checkpoints hold every peer: the student under ``student.`` (as in every module, for export) and the others
     under ``peers.<name>.``; per-pair loss adapters under ``links.<learner>.<term>.<source>.``.
 
@@ -134,13 +137,9 @@ class OnlineDistillation(DistillationModule):
             ``KDLoss(temperature=1)`` with weight 1. ``[]``: no peer-to-peer terms.
         ensemble_terms: terms from the ensemble's logits to every peer (``teacher`` must read ``logits``).
         ce_weight: weight of every peer's hard-label cross-entropy (the teachers' too).
-        num_classes: number of classes (linked from the datamodule by the CLI).
-        optimizer: optimizer factory, applied to all peers and loss adapters.
-        lr_scheduler: optional scheduler factory, stepped every epoch.
-        label_smoothing: label smoothing of the cross-entropy.
-        on_nonfinite: ``"stop"`` (default) or ``"skip"``: what a NaN/inf training loss does (see the base class).
-        compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or names (the peers').
-        channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
+        **kwargs: the shared settings of every mode (``num_classes``, ``optimizer`` — applied to all peers and loss
+            adapters —, ``lr_scheduler``, ``label_smoothing``, ``on_nonfinite``, ``compile`` — ``true`` or peer
+            names —, ``channels_last``): see :class:`~kd_lightning.modules.DistillationModule`.
 
     Example:
         >>> from kd_lightning.models import DigitsCNN, DigitsMLP
@@ -158,29 +157,12 @@ class OnlineDistillation(DistillationModule):
         terms: Sequence[DistillTerm] | Mapping[str, Sequence[DistillTerm]] | None = None,
         ensemble_terms: Sequence[DistillTerm] | None = None,
         ce_weight: float = 1.0,
-        num_classes: int = 10,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        label_smoothing: float = 0.0,
-        on_nonfinite: str = "stop",
-        compile: bool | Sequence[str] = False,
-        channels_last: bool = False,
+        **kwargs: Any,
     ) -> None:
         cohort = _named_peers(peers)
         if student not in cohort:
             raise ValueError(f"expected student to name one of the peers {list(cohort)} but got student={student!r}.")
-        super().__init__(
-            student=cohort[student],
-            terms=[],
-            ce_weight=ce_weight,
-            num_classes=num_classes,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            label_smoothing=label_smoothing,
-            on_nonfinite=on_nonfinite,
-            compile=compile,
-            channels_last=channels_last,
-        )
+        super().__init__(student=cohort[student], terms=[], ce_weight=ce_weight, **kwargs)
         self.student_name, self.peer_names, self.mutual = student, list(cohort), mutual
         self.peers = nn.ModuleDict({name: net for name, net in cohort.items() if name != student})
         per_learner = _terms_per_learner(terms, self.peer_names if mutual else [student], mutual)
@@ -193,8 +175,8 @@ class OnlineDistillation(DistillationModule):
             name: FeatureTap(net, self.layers_read(name), role=f"peer {name!r}") for name, net in cohort.items()
         }
         self.student_tap = self.taps[student]
-        self.val_peer_acc = accuracy_metrics(self.peer_names, num_classes)
-        self.test_peer_acc = accuracy_metrics(self.peer_names, num_classes)
+        self.val_peer_acc = accuracy_metrics(self.peer_names, self.num_classes)
+        self.test_peer_acc = accuracy_metrics(self.peer_names, self.num_classes)
         _unique_log_keys(self.loss_names())
         weights = [
             term.weight
@@ -220,11 +202,6 @@ class OnlineDistillation(DistillationModule):
             for name, network in self.cohort.items()
         ]
 
-    @property
-    def teacher(self) -> nn.Module | None:
-        """The other network of a two-peer cohort (shown by the report), else ``None``."""
-        return next(iter(self.peers.values())) if len(self.peers) == 1 else None
-
     def layers_read(self, name: str) -> list[str]:
         """The outputs of peer ``name`` that the loss terms read, as learner and as source."""
         names: list[str] = []
@@ -249,8 +226,8 @@ class OnlineDistillation(DistillationModule):
 
     def cohort_outputs(self, batch: Batch) -> PeerOutputs:
         """Every peer's logits ``[B, C]`` and tapped features: ``{peer: {"logits": ..., "<module path>": ...}}``."""
-        inputs = batches.inputs_of(batch)
-        return {name: batches.call(tap, inputs) for name, tap in self.taps.items()}
+        batch = Batch.parse(batch)
+        return {name: batch.call(tap) for name, tap in self.taps.items()}
 
     def ensemble_target(self, outputs: PeerOutputs) -> dict[str, Tensor]:
         """KDCL-naive target, detached: ``{"logits": mean_k logits_k}`` of shape ``[B, C]``."""
@@ -278,25 +255,29 @@ class OnlineDistillation(DistillationModule):
         }
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        batch = Batch.parse(batch)
         return self.cohort_losses(self.cohort_outputs(batch), self.targets(batch))
+
+    def deployables(self, example_input: Any = None) -> list[Deployable]:
+        """Every peer with its own accuracy; the student also with agreement and KL against the others' mean (the
+        teacher's, in a teacher-student cohort)."""
+        others = [name for name in self.peer_names if name != self.student_name]
+        role = "teacher" if len(others) == 1 else "peer"
+        rows = [Deployable(name, role, self.peers[name], {"acc": f"test/acc_{name}"}) for name in others]
+        reference = "the teacher" if len(others) == 1 else "the other peers' mean"
+        metrics = {**STUDENT_METRICS, "acc": f"test/acc_{self.student_name}"}
+        return [*rows, Deployable(self.student_name, "student", self.student, metrics, reference, others)]
 
     # ----------------------------------------------------------------- evaluation
     def reference_logits(self, logits: dict[str, Tensor]) -> Tensor:
         """What the student is compared with in val/test: the mean logits ``[B, C]`` of the other peers."""
         return torch.stack([logits[name].float() for name in self.peers]).mean(0)
 
-    def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
-        inputs = batches.inputs_of(batch)
-        with torch.no_grad():
-            logits = {name: batches.call(self.taps[name], inputs)[LOGITS] for name in self.peers}
-            return {LOGITS: self.reference_logits(logits)}
-
     def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
         """One pass of every peer: logs ``<stage>/acc_<peer>`` (class labels only); returns the student's and the
         reference logits."""
-        inputs = batches.inputs_of(batch)
-        logits = {name: batches.call(tap, inputs)[LOGITS] for name, tap in self.taps.items()}
-        labels = batches.labels_of(batch)
+        logits = {name: batch.call(tap)[LOGITS] for name, tap in self.taps.items()}
+        labels = batch.labels
         if labels is not None and labels.ndim == 1:
             metrics = self.val_peer_acc if stage == "val" else self.test_peer_acc
             for name, value in logits.items():
@@ -308,6 +289,7 @@ class OnlineDistillation(DistillationModule):
     @torch.no_grad()
     def dry_run(self, batch: Batch) -> None:
         """Run every peer and every loss once in eval mode: checks classes and layer shapes, builds adapters."""
+        batch = Batch.parse(batch)
         with self.temporarily_in_eval_mode():
             outputs = self.cohort_outputs(batch)
             self.check_cohort_classes(outputs)
@@ -322,4 +304,4 @@ class OnlineDistillation(DistillationModule):
                 f"expected every peer to predict the same classes but the numbers of outputs are: {found}; "
                 f"set the same num_classes (vocab_size for language models) in every peer's init_args."
             )
-        self.check_classes(outputs[self.student_name], None)
+        check_classes(self, outputs[self.student_name], None)

@@ -1,8 +1,8 @@
 """``TeacherCache``: the frozen teacher's outputs over the training set, computed once, read from disk every step.
 
 A KD step costs at least a teacher forward pass plus a student step; reading stored teacher outputs removes the
-teacher from the step. The cache is a *source of teacher outputs*: :class:`~kd_lightning.OfflineDistillation` reads it
-through ``teacher_outputs`` during training (validation and test still run the live teacher), nothing else changes.
+teacher from the step. The cache is the store of :class:`~kd_lightning.teachers.cached.CachedTeacher`, a teacher
+source that reads it in training (validation and test still run the live teacher); nothing else changes.
 
 **Same view for teacher and student.** A target stored per sample is only right for the view the teacher saw: Beyer
 et al., CVPR 2022 ("Knowledge distillation: A good teacher is patient and consistent") show that a cache keyed by the
@@ -15,10 +15,13 @@ transform, ``views: 1``. Every training step checks that the batch is the stored
 sample (a sum and a seeded random projection of the input) are stored beside the outputs and compared, so a
 non-replayable transform, a changed dataset or a wrong view is an error, never a silently wrong target.
 
-**Never stale.** The cache lives in ``<directory>/<key>/`` where ``key`` is a SHA-256 of the teacher's weights,
-dtype and input normalisation, the dataset (class, size, seed, transform, and the bytes of probe samples of every
+**Never stale.** The cache lives in ``<directory>/<key>/`` where ``key`` is a SHA-256 of what the teacher computes
+(its weights, class, architecture and settings: every plain attribute of every submodule, dtype and input
+normalisation, the fit's precision), the dataset (class, size, seed, transform, and the bytes of probe samples of every
 view), ``views``, the stored outputs and their format: any change gives another key, so the cache is rebuilt, and
-the message says what changed against the caches already there. A build writes ``<key>.building/`` and renames it
+the message says what changed against the caches already there. When a cache is opened, the stored logits of a
+few samples are compared with the live teacher's: a teacher that computes something else than the key can see is
+caught there and the cache rebuilt, with the reason. A build writes ``<key>.building/`` and renames it
 when complete, so an interrupted build is never read.
 
 **Layout** (``.npy`` files, memory-mapped, shared by all DDP processes, which also share the build): ``logits.npy``
@@ -48,12 +51,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.taps import LOGITS
 
 FORMAT = "kd_lightning.TeacherCache/1"
 STORED_DTYPES = {"float16": np.float16, "float32": np.float32}
 PROBES = 16
 """Samples per view whose bytes enter the key (evenly spaced over the dataset)."""
+SPOT_CHECKS = 4
+"""Samples whose stored logits are compared with the live teacher's when a cache is opened."""
+SPOT_TOLERANCE = {"float16": 2e-2, "float32": 1e-4}
+"""Largest difference, relative to ``1 + max |logit|``, between stored and live logits of an unchanged teacher."""
 CHECKSUM_SEED = 0x5EED
 TeacherFn = Callable[[Sequence[Tensor]], Mapping[str, Tensor]]
 
@@ -236,9 +244,47 @@ class TeacherCache:
             self.path = self.directory / self.key_of(parts)
             self.build_seconds = None
             missing = self.rebuild or not (self.path / "manifest.json").is_file()
-            if trainer.strategy.broadcast(missing, src=0):  # one decision for every process
+            built = trainer.strategy.broadcast(missing, src=0)  # one decision for every process
+            if built:
                 self._build(teacher_fn, dataset, parts, trainer)
-        self._load()
+            self._load()
+            reason = None if built else trainer.strategy.broadcast(self.spot_check(teacher_fn, dataset), src=0)
+            if reason:
+                if trainer.global_rank == 0:
+                    print(f"teacher cache: {reason}; rebuilding {self.path}")
+                self._arrays = {}
+                self._build(teacher_fn, dataset, parts, trainer)
+                self._load()
+
+    def spot_check(self, teacher_fn: TeacherFn, dataset: Dataset) -> str | None:
+        """Compare the stored logits of a few samples (view 0) with the live teacher's; why they differ, or ``None``.
+
+        The key covers the teacher's weights, class, settings and input handling; this catches what it cannot see (a
+        forward that depends on something else), so a cache opened beside a teacher that computes something else is
+        rebuilt rather than read.
+        """
+        count = min(SPOT_CHECKS, len(dataset))
+        indices = np.array(sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)}))
+        live = teacher_fn(default_collate([self._view(dataset, int(i), 0) for i in indices]))[LOGITS]
+        live = live.detach().float().cpu()
+        stored = self._stored_logits(0, indices, live.device)
+        if self.top_k is not None:
+            live = live.gather(1, _rows(self._arrays["topk_indices"], 0, indices, live.device).long())
+        scale = 1.0 + float(live.abs().max())
+        difference = float((stored - live).abs().max())
+        if difference <= SPOT_TOLERANCE[self.dtype] * scale:
+            return None
+        return (
+            f"the stored outputs of samples {indices.tolist()} differ from the live teacher's by up to "
+            f"{difference:.3g}: the teacher computes something else than when the cache was built (same weights and "
+            f"settings as far as the key sees; e.g. its forward reads another attribute)"
+        )
+
+    def _stored_logits(self, view: int, index: np.ndarray, device: torch.device) -> Tensor:
+        """The stored logits of ``index`` (``[n, C]``, or the top-k values ``[n, k]``)."""
+        if self.top_k is None:
+            return _rows(self._arrays["logits"], view, index, device)
+        return _rows(self._arrays["topk_values"], view, index, device)
 
     def _build(self, teacher_fn: TeacherFn, dataset: Dataset, parts: dict[str, Any], trainer: Any) -> None:
         rank, world = trainer.global_rank, trainer.world_size
@@ -412,14 +458,15 @@ class TeacherCache:
             self._projection[flat.device] = projection
         return torch.stack([flat.sum(1), flat @ projection], dim=1)
 
-    def outputs(self, batch: Sequence[Tensor], epoch: int) -> dict[str, Tensor]:
-        """The stored teacher outputs for a training batch ``(x, y, index)`` in ``epoch`` (view ``epoch mod K``)."""
-        if len(batch) < 3 or not isinstance(batch[2], Tensor):
+    def outputs(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        """The stored teacher outputs for a training batch (its ``index``) in ``epoch`` (view ``epoch mod K``)."""
+        batch = Batch.parse(batch)
+        if batch.index is None:
             raise TeacherCacheError(
                 "the teacher cache needs each sample's index in the training batch, (x, y, index), but the batch has "
-                f"{len(batch)} items; kd_lightning's datamodules add it by themselves, your dataset must return it."
+                "none; kd_lightning's datamodules add it by themselves, your dataset must return it."
             )
-        x, index = batch[0], batch[2].cpu().numpy()
+        x, index = batch.inputs, batch.index.cpu().numpy()
         if index.size and (index.min() < 0 or index.max() >= self.samples):
             raise TeacherCacheError(
                 f"a batch holds sample index {int(index.max())} but the teacher cache has {self.samples} samples: the "

@@ -105,3 +105,28 @@ class Renormalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={[round(v, 4) for v in self.scale.tolist()]}, shift={[round(v, 4) for v in self.shift.tolist()]}"
+
+
+SCALE_RATIO = 16.0
+"""Student and teacher standard deviations further apart than this are on different pixel scales (0-255 vs 0-1)."""
+
+
+def check_same_scale(student: Stats, teacher: Stats) -> None:
+    """Raise when the student's and the teacher's statistics are on different pixel scales.
+
+    A teacher trained on ``[0, 1]`` pixels (std ~0.25) beside batches standardised with 0-255 statistics (std ~60),
+    or the reverse, would see an almost constant image after re-standardisation. Statistics of one scale differ by a
+    small factor between datasets; a ratio of standard deviations above :data:`SCALE_RATIO` (~255 for the mix-up)
+    means the two were written on different scales.
+    """
+    (mean_s, std_s), (mean_t, std_t) = student, teacher
+    ratio = max(std_s) / max(std_t)
+    if ratio > SCALE_RATIO or ratio < 1 / SCALE_RATIO:
+        larger, smaller = ("student", "teacher") if ratio > 1 else ("teacher", "student")
+        raise ValueError(
+            f"the student's and the teacher's normalization are on different pixel scales: student mean {list(mean_s)} "
+            f"std {list(std_s)}, teacher mean {list(mean_t)} std {list(std_t)} (the {larger}'s are about 255x the "
+            f"{smaller}'s: 0-255 pixel values beside 0-1 ones), so the teacher would see an almost constant image; "
+            f"write both for pixels in [0, 1] (divide 0-255 statistics by 255), e.g. teacher_normalization: "
+            f"{{mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}."
+        )

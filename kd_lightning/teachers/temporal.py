@@ -1,15 +1,15 @@
-"""Temporal teachers for self-distillation: an earlier version of the student teaches the current one.
+"""Temporal teacher sources: an earlier version of the student teaches the current one.
 
 * :class:`EMATeacher` — an exponential moving average of the student's weights, updated after every optimizer step.
 * :class:`SnapshotTeacher` — a copy of the student refreshed every N epochs (born-again generations).
 * :class:`PSKDTeacher` — PS-KD's progressive targets: each sample's prediction from the previous epoch.
 
-A teacher is configured on its own (``class_path`` in YAML) and bound to the student by
-:class:`~kd_lightning.modules.self_distillation.SelfDistillation`, which calls :meth:`TemporalTeacher.attach` (with the
-bare student, before any feature tap is put on it), :meth:`TemporalTeacher.watch` and the update hooks. Copies hold
-the student network only (no forward hooks, so no feature taps and no teacher of a teacher) and are frozen (no
-gradients, eval mode, never in the optimizer). The whole state — EMA weights, snapshot weights and generation, PS-KD's
-per-sample predictions — is part of ``state_dict()``, so checkpoints resume exactly.
+Each is a :class:`~kd_lightning.teachers.base.TeacherSource` of kind ``temporal``, configured on its own
+(``class_path`` in YAML) and given to :class:`~kd_lightning.modules.TemporalSelfDistillation`, which binds it to the
+student (:meth:`~kd_lightning.teachers.base.TeacherSource.bind`) and calls its update hooks. Copies hold the student
+network only (no forward hooks, so no feature taps and no teacher of a teacher) and are frozen (no gradients, eval
+mode, never in the optimizer). The whole state — EMA weights, snapshot weights and generation, PS-KD's per-sample
+predictions — is part of ``state_dict()``, so checkpoints resume exactly.
 """
 
 from __future__ import annotations
@@ -21,95 +21,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_lightning.core import batch as batches
-from kd_lightning.core.batch import Batch, Inputs
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.networks import freeze, hookless_copy
 from kd_lightning.core.objective import DistillTerm
 from kd_lightning.core.taps import LOGITS, FeatureTap
 from kd_lightning.losses import KDLoss
+from kd_lightning.teachers.base import TEMPORAL, Outputs, TeacherSource
 
 LOG_ZERO = -1e4
 """Log-probability standing for probability 0 in one-hot targets (finite, so KL terms stay finite)."""
 
 
-class TemporalTeacher(nn.Module):
-    """Base of the temporal teachers: what :class:`SelfDistillation` asks of an earlier version of the student.
-
-    Subclasses override the hooks they need; the defaults describe a teacher that always teaches with weight 1.
-    """
-
-    records_predictions = False
-    """Whether :meth:`record` wants the student's log-probabilities after every training batch (PS-KD)."""
-
-    def attach(self, student: nn.Module) -> None:
-        """Bind to ``student``: called once, before any feature tap is put on it."""
-
-    def watch(self, layers: Sequence[str], num_classes: int) -> None:
-        """Prepare to answer with ``layers`` (the outputs the terms read) over ``num_classes`` classes."""
-
-    def default_terms(self) -> tuple[list[DistillTerm], float]:
-        """Terms and cross-entropy weight used when none are given: Hinton KD, ``0.1 * CE + 0.9 * KD(T=4)``."""
-        return [DistillTerm(KDLoss(temperature=4.0), weight=0.9)], 0.1
-
-    @property
-    def is_teaching(self) -> bool:
-        """False while there is nothing to learn from yet (before the first snapshot): train on the labels alone."""
-        return True
-
-    def outputs(self, batch: Batch) -> dict[str, Tensor]:
-        """Teacher outputs for a training batch: ``{"logits": [B, C], "<layer>": feature, ...}`` (no gradient)."""
-        raise NotImplementedError
-
-    def eval_logits(self, inputs: Inputs) -> Tensor | None:
-        """Teacher logits for validation metrics, or ``None`` when the teacher cannot predict unseen inputs."""
-        return None
-
-    def loss_scales(self, epoch: int, max_epochs: int | None) -> tuple[float, float]:
-        """Multipliers of the cross-entropy and of the distillation terms in this (0-based) epoch."""
-        return 1.0, 1.0
-
-    def after_optimizer_step(self, student: nn.Module) -> None:
-        """Called after every optimizer step (not after accumulation-only batches)."""
-
-    def after_epoch(self, student: nn.Module, epoch: int) -> None:
-        """Called at the end of every training epoch (0-based ``epoch``)."""
-
-    def record(self, index: Tensor, log_probs: Tensor) -> None:
-        """Store the student's log-probabilities ``[B, C]`` of the samples ``index`` ``[B]`` (PS-KD)."""
-
-
-class _FrozenStudentCopy(TemporalTeacher):
+class StudentCopy(TeacherSource):
     """A frozen copy of the student (``self.network``) that answers through its own feature tap."""
+
+    kind = TEMPORAL
+    in_checkpoint = True
 
     def __init__(self) -> None:
         super().__init__()
         self.network: nn.Module | None = None
         self._tap: FeatureTap | None = None
 
-    def attach(self, student: nn.Module) -> None:
+    def bind(self, student: nn.Module, layers: Sequence[str], num_classes: int) -> None:
+        """Copy the bare student (without its forward hooks) and tap the copy for ``layers``."""
         self.network = freeze(hookless_copy(student))
-
-    def watch(self, layers: Sequence[str], num_classes: int) -> None:
         self._tap = FeatureTap(self.network, layers, role="teacher (copy of the student)")
 
-    def outputs(self, batch: Batch) -> dict[str, Tensor]:
-        with torch.no_grad():
-            return batches.call(self._tap, batches.inputs_of(batch))
+    def networks(self) -> dict[str, nn.Module]:
+        return {"teacher": self.network} if self.network is not None else {}
 
-    def eval_logits(self, inputs: Inputs) -> Tensor | None:
+    def tapped(self) -> list[tuple[str, nn.Module, Any]]:
+        return [("teacher.network", self.network, self._tap)]
+
+    def outputs(self, batch: Batch) -> Outputs | None:
         if not self.is_teaching:
             return None
-        return self.outputs(inputs if isinstance(inputs, Mapping) else [inputs])[LOGITS]
-
-    def train(self, mode: bool = True) -> _FrozenStudentCopy:
-        """The copy stays in eval mode whatever ``mode`` (BatchNorm uses its stored statistics, no dropout)."""
-        super().train(mode)
-        if self.network is not None:
-            self.network.eval()
-        return self
+        with torch.no_grad():
+            return Batch.parse(batch).call(self._tap)
 
 
-class EMATeacher(_FrozenStudentCopy):
+class EMATeacher(StudentCopy):
     """Teacher = exponential moving average of the student's weights (a "mean teacher").
 
     Tarvainen & Valpola, NeurIPS 2017, "Mean teachers are better role models"; the same average as timm's
@@ -133,9 +85,9 @@ class EMATeacher(_FrozenStudentCopy):
         self.decay = float(decay)
 
     @torch.no_grad()
-    def after_optimizer_step(self, student: nn.Module) -> None:
+    def after_optimizer_step(self, module: Any) -> None:
         average = [*self.network.parameters(), *self.network.buffers()]  # the copy's order is the student's
-        live = [*student.parameters(), *student.buffers()]
+        live = [*module.student.parameters(), *module.student.buffers()]
         floating = [index for index, tensor in enumerate(average) if tensor.is_floating_point()]
         torch._foreach_lerp_([average[i] for i in floating], [live[i] for i in floating], 1.0 - self.decay)
         for index in set(range(len(average))) - set(floating):
@@ -145,7 +97,7 @@ class EMATeacher(_FrozenStudentCopy):
         return f"decay={self.decay}"
 
 
-class SnapshotTeacher(_FrozenStudentCopy):
+class SnapshotTeacher(StudentCopy):
     """Teacher = a snapshot of the student, refreshed at the end of every ``every_n_epochs``-th epoch.
 
     Born-again generations (Furlanello et al., ICML 2018, "Born-Again Neural Networks"): generation 0 (the first
@@ -175,9 +127,9 @@ class SnapshotTeacher(_FrozenStudentCopy):
         return self.generation > 0
 
     @torch.no_grad()
-    def after_epoch(self, student: nn.Module, epoch: int) -> None:
-        if (epoch + 1) % self.every_n_epochs == 0:
-            self.network.load_state_dict(student.state_dict())
+    def on_train_epoch_end(self, module: Any) -> None:
+        if (module.current_epoch + 1) % self.every_n_epochs == 0:
+            self.network.load_state_dict(module.student.state_dict())
             self.generation += 1
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -190,17 +142,17 @@ class SnapshotTeacher(_FrozenStudentCopy):
         return f"every_n_epochs={self.every_n_epochs}, generation={self.generation}"
 
 
-class PSKDTeacher(TemporalTeacher):
+class PSKDTeacher(TeacherSource):
     """PS-KD: the targets are the labels softened by the student's own predictions from the previous epoch.
 
     Kim et al., ICCV 2021, "Self-Knowledge Distillation with Progressive Refinement of Targets". With ``y`` the one-hot
     label ``[B, C]`` and ``p_{t-1}(x)`` the softmax prediction the student made for sample ``x`` in the previous epoch,
     the target of epoch ``t`` (0-based, ``E`` epochs) is ``(1 - a_t) * y + a_t * p_{t-1}(x)`` with
     ``a_t = alpha_max * (t + 1) / E`` (the official code's schedule); a sample without a stored prediction (epoch 0)
-    uses ``p = y``. The predictions are kept per sample index, so batches must be ``(x, y, index)``.
+    uses ``p = y``. The predictions are kept per sample index, so batches must carry it (``(x, y, index)``).
 
-    Through :class:`SelfDistillation` the teacher "logits" are ``log p_{t-1}`` ``[B, C]``, the cross-entropy is
-    scaled by ``1 - a_t`` and every term by ``a_t``. With the default term, ``KD`` at ``T = 1`` with weight 1, the loss
+    As a source the teacher "logits" are ``log p_{t-1}`` ``[B, C]``, the cross-entropy is scaled by ``1 - a_t`` and
+    every term by ``a_t``. With the default term, ``KD`` at ``T = 1`` with weight 1, the loss
     ``(1 - a_t) * CE(s, y) + a_t * KL(p_{t-1} || softmax(s))`` equals PS-KD's soft-target cross-entropy
     ``-sum(target * log_softmax(s))`` minus the constant ``a_t * H(p_{t-1})``: the same gradients.
 
@@ -214,7 +166,8 @@ class PSKDTeacher(TemporalTeacher):
         epochs: ``E``; ``None`` uses the trainer's ``max_epochs``.
     """
 
-    records_predictions = True
+    kind = TEMPORAL
+    in_checkpoint = True
 
     def __init__(self, alpha_max: float = 0.8, epochs: int | None = None) -> None:
         super().__init__()
@@ -226,8 +179,10 @@ class PSKDTeacher(TemporalTeacher):
         self.num_classes = 0
         self.log_probs = torch.zeros(0, 0)
         self.seen = torch.zeros(0, dtype=torch.bool)
+        self._pending: tuple[Tensor, Tensor] | None = None
+        self._epoch_predictions: list[tuple[Tensor, Tensor]] = []
 
-    def watch(self, layers: Sequence[str], num_classes: int) -> None:
+    def bind(self, student: nn.Module, layers: Sequence[str], num_classes: int) -> None:
         features = [name for name in layers if name != LOGITS]
         if features:
             raise ValueError(
@@ -254,8 +209,13 @@ class PSKDTeacher(TemporalTeacher):
         alpha = self.alpha(epoch, max_epochs)
         return 1.0 - alpha, alpha
 
-    def outputs(self, batch: Batch) -> dict[str, Tensor]:
-        index, target = batches.index_of(batch), batches.labels_of(batch)
+    def check(self, module: Any, batch: Batch) -> None:
+        """Sample indices and a class label on every sample, before the first step."""
+        self._checked_inputs(batch)
+
+    def _checked_inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        batch = Batch.parse(batch)
+        index, target = batch.index, batch.labels
         if index is None:
             raise ValueError(
                 "PS-KD keeps each training sample's previous prediction and needs batches (x, y, index) but got "
@@ -273,6 +233,10 @@ class PSKDTeacher(TemporalTeacher):
                 f"expected integer sample indices of shape {tuple(target.shape)} as the batch's third item but got a "
                 f"{index.dtype} tensor of shape {tuple(index.shape)}."
             )
+        return index, target
+
+    def outputs(self, batch: Batch) -> Outputs:
+        index, target = self._checked_inputs(batch)
         return {LOGITS: self.previous_log_probs(index, target)}
 
     def previous_log_probs(self, index: Tensor, target: Tensor) -> Tensor:
@@ -289,10 +253,37 @@ class PSKDTeacher(TemporalTeacher):
     def targets(self, batch: Batch, epoch: int, max_epochs: int | None) -> Tensor:
         """PS-KD's soft targets ``(1 - a_t) * y + a_t * p_{t-1}(x)`` ``[B, C]`` for this batch."""
         alpha = self.alpha(epoch, max_epochs)
-        one_hot = F.one_hot(batches.labels_of(batch).long(), self.num_classes).float()
+        batch = Batch.parse(batch)
+        one_hot = F.one_hot(batch.labels.long(), self.num_classes).float()
         return (1.0 - alpha) * one_hot + alpha * self.outputs(batch)[LOGITS].exp()
 
+    # ----------------------------------------------------------------- recording the student's predictions
+    def observe_student(self, batch: Batch, student: Mapping[str, Tensor]) -> None:
+        """Keep this training batch's log-probabilities until the step is known to be taken."""
+        if batch.index is not None:
+            self._pending = (batch.index, F.log_softmax(student[LOGITS].detach().float(), dim=-1))
+
+    def after_training_step(self, module: Any, taken: bool) -> None:
+        """Store the batch's predictions for the next epoch (a skipped step's are dropped); under DDP they wait for
+        the epoch's end, where one all-gather collects every process's."""
+        pending, self._pending = self._pending, None
+        if pending is None or not taken:
+            return
+        if module.trainer.world_size > 1:
+            self._epoch_predictions.append(pending)
+        else:
+            self.record(*pending)
+
+    def on_train_epoch_end(self, module: Any) -> None:
+        if not self._epoch_predictions:
+            return
+        index, log_probs = (torch.cat(parts) for parts in zip(*self._epoch_predictions, strict=True))
+        self._epoch_predictions = []
+        index, log_probs = (t.flatten(0, 1) for t in module.all_gather((index, log_probs)))
+        self.record(index, log_probs)
+
     def record(self, index: Tensor, log_probs: Tensor) -> None:
+        """Store the student's log-probabilities ``[B, C]`` of the samples ``index`` ``[B]``."""
         index, log_probs = index.long().cpu(), log_probs.detach().float().cpu()
         size, needed = len(self.seen), int(index.max()) + 1
         if needed > size:
@@ -304,6 +295,10 @@ class PSKDTeacher(TemporalTeacher):
         self.log_probs[index] = log_probs
         self.seen[index] = True
 
+    def eval_logits(self, batch: Batch) -> Tensor | None:
+        """PS-KD predicts nothing for unseen inputs: no teacher metrics."""
+        return None
+
     def get_extra_state(self) -> dict[str, Tensor]:
         return {"log_probs": self.log_probs, "seen": self.seen}
 
@@ -313,3 +308,6 @@ class PSKDTeacher(TemporalTeacher):
 
     def extra_repr(self) -> str:
         return f"alpha_max={self.alpha_max}, epochs={self.epochs}, stored={int(self.seen.sum())}"
+
+
+__all__ = ["LOG_ZERO", "EMATeacher", "PSKDTeacher", "SnapshotTeacher", "StudentCopy"]

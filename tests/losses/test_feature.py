@@ -1,18 +1,21 @@
 """Tests of the feature-based losses against independent per-element references written from the papers' formulas.
 
 The references are plain-python loops in float64 over samples, channels and pixels, at the scale of the reference
-implementation (HobbitLong/RepDistiller ``distiller_zoo``); adapters are re-applied by hand from their weights.
+implementation (HobbitLong/RepDistiller ``distiller_zoo``); adapters are re-applied by hand from their weights. The
+generic checks (zero at equality, gradients, adapters, dtypes, extreme inputs, errors, repr) run from ``LossTester``
+(``loss_tester.py``) on the cases of :class:`TestFeatureLosses`; this file holds the references and the edge cases.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
+from losses.loss_tester import BadHyperparameter, Inputs, LossCase, LossTester
 from torch import Tensor, nn
 
 from kd_lightning.losses.feature import (
@@ -174,18 +177,22 @@ def ref_vid(module: VIDLoss, student: Tensor, teacher: Tensor) -> float:
     return total / count
 
 
-# ---------------------------------------------------------------- one table drives the shared tests
+# ---------------------------------------------------------------- one table drives the reference and generic tests
 
 
 @dataclass
 class Case:
     name: str
-    make: Callable[[], nn.Module]
+    module: type[nn.Module]
+    hyperparameters: dict[str, Any]
     function: Callable[[nn.Module, Tensor, Tensor], Tensor]
     reference: Callable[[nn.Module, Tensor, Tensor], float]
     student_shape: tuple[int, ...]
     teacher_shape: tuple[int, ...]
     adapter: bool = False
+
+    def make(self) -> nn.Module:
+        return self.module(**self.hyperparameters)
 
 
 def _fitnets_function(module: FitNetsLoss, student: Tensor, teacher: Tensor) -> Tensor:
@@ -199,19 +206,19 @@ def _vid_function(module: VIDLoss, student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def _at_case(name: str, p: float, s: tuple[int, ...], t: tuple[int, ...]) -> Case:
-    return Case(name, lambda: ATLoss(p=p), lambda m, a, b: at_loss(a, b, p=p), lambda m, a, b: ref_at(a, b, p), s, t)
+    return Case(name, ATLoss, {"p": p}, lambda m, a, b: at_loss(a, b, p=p), lambda m, a, b: ref_at(a, b, p), s, t)
 
 
 def _nst_case(name: str, s: tuple[int, ...], t: tuple[int, ...]) -> Case:
-    return Case(name, NSTLoss, lambda m, a, b: nst_loss(a, b), lambda m, a, b: ref_nst(a, b), s, t)
+    return Case(name, NSTLoss, {}, lambda m, a, b: nst_loss(a, b), lambda m, a, b: ref_nst(a, b), s, t)
 
 
 def _fitnets_case(name: str, s: tuple[int, ...], t: tuple[int, ...], adapter: bool = True) -> Case:
-    return Case(name, lambda: FitNetsLoss(adapter=adapter), _fitnets_function, ref_fitnets, s, t, adapter=adapter)
+    return Case(name, FitNetsLoss, {"adapter": adapter}, _fitnets_function, ref_fitnets, s, t, adapter=adapter)
 
 
 def _vid_case(name: str, s: tuple[int, ...], t: tuple[int, ...], **kwargs) -> Case:
-    return Case(name, lambda: VIDLoss(**kwargs), _vid_function, ref_vid, s, t, adapter=True)
+    return Case(name, VIDLoss, kwargs, _vid_function, ref_vid, s, t, adapter=True)
 
 
 CASES = [
@@ -228,13 +235,12 @@ CASES = [
     _nst_case("nst_pool_student", (3, 4, 8, 8), (3, 2, 4, 4)),
     _nst_case("nst_pool_teacher", (3, 4, 2, 2), (3, 2, 4, 4)),
     _vid_case("vid", (3, 3, 4, 4), (3, 5, 4, 4)),
-    _vid_case("vid_pool_student_hidden", (3, 3, 8, 8), (3, 5, 4, 4), hidden_channels=2, init_pred_var=2.0),
+    _vid_case("vid_pool_student_hidden", (3, 3, 8, 8), (3, 5, 4, 4), hidden_channels=2, init_pred_var=2.0, eps=1e-3),
     _vid_case("vid_pool_teacher", (3, 3, 2, 2), (3, 4, 4, 4)),
     _vid_case("vid_vectors", (3, 4), (3, 6)),
 ]
 NAMES = {"fitnets_plain", "fitnets_conv_pool", "fitnets_linear", "at", "nst", "vid", "vid_vectors"}
 MAIN_CASES = [case for case in CASES if case.name in NAMES]
-MAP_CASES = [case for case in MAIN_CASES if len(case.student_shape) == 4]
 ADAPTER_CASES = [case for case in MAIN_CASES if case.adapter]
 
 
@@ -262,6 +268,62 @@ def _built(case: Case, student: Tensor, teacher: Tensor) -> nn.Module:
     return module
 
 
+# ---------------------------------------------------------------- the generic checks
+
+
+def _fitnets_function_form(student: Tensor, teacher: Tensor, adapter: bool) -> Tensor:
+    assert not adapter  # the function is the plain MSE; a regressor belongs to the module
+    return fitnets_loss(student, teacher)
+
+
+def _vid_function_form(student: Tensor, teacher: Tensor, eps: float = 1e-5, **module_options: Any) -> Tensor:
+    """``vid_loss`` with a fresh 1x1 regressor and zero log-scales: what the function itself checks."""
+    regressor = nn.Conv2d(student.shape[1], teacher.shape[1], 1)
+    return vid_loss(student, teacher, regressor, torch.zeros(teacher.shape[1]), eps=eps)
+
+
+FUNCTION_FORMS = {FitNetsLoss: _fitnets_function_form, ATLoss: at_loss, NSTLoss: nst_loss}
+DEFAULTS = {
+    "fitnets_conv_pool": {"adapter": True},
+    "at": {"p": 2.0},
+    "vid": {"hidden_channels": None, "init_pred_var": 5.0, "eps": 1e-5},
+}
+BAD_HYPERPARAMETERS = {
+    "at": (
+        BadHyperparameter({"p": 0.0}, "expected p > 0"),
+        BadHyperparameter({"p": -1.0}, "expected p > 0"),
+        BadHyperparameter({"p": float("inf")}, "expected a finite p > 0"),
+    ),
+    "vid": (
+        BadHyperparameter({"eps": 0.0}, "expected eps > 0"),
+        BadHyperparameter({"eps": -1.0}, "expected eps > 0"),
+        BadHyperparameter({"init_pred_var": 1e-6}, "expected init_pred_var > eps", function=False),
+        BadHyperparameter({"hidden_channels": 0}, "expected hidden_channels > 0", function=False),
+        BadHyperparameter({"hidden_channels": 2.5}, "expected an integer hidden_channels", function=False),
+        BadHyperparameter({"hidden_channels": True}, "expected an integer hidden_channels", function=False),
+    ),
+}
+
+
+def _loss_case(case: Case) -> LossCase:
+    function = _vid_function_form if case.name == "vid" else FUNCTION_FORMS.get(case.module)
+    return LossCase(
+        case.name,
+        case.module,
+        lambda seed: Inputs(*_features(case, seed)),
+        case.hyperparameters,
+        function=None if case.adapter and case.name != "vid" else function,
+        defaults=DEFAULTS.get(case.name, {}),
+        bad_hyperparameters=BAD_HYPERPARAMETERS.get(case.name, ()),
+        zero_at_equality=not case.adapter,  # a regressor sits between equal inputs
+        adapter=case.adapter,
+    )
+
+
+class TestFeatureLosses(LossTester):
+    cases = [_loss_case(case) for case in CASES]
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -276,12 +338,6 @@ def test_function_equals_module_equals_reference(case: Case, seed: int) -> None:
     assert from_module.dtype == torch.float32 and from_module.shape == ()
     assert from_module.item() == pytest.approx(from_function.item(), rel=1e-6, abs=1e-7)
     assert from_module.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if not c.adapter], ids=_ids([c for c in CASES if not c.adapter]))
-def test_zero_when_student_equals_teacher(case: Case) -> None:
-    _, teacher = _features(case)
-    assert case.make()(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_at_and_nst_zero_for_teacher_with_more_channels_of_the_same_pattern() -> None:
@@ -327,42 +383,16 @@ def test_fitnets_regressor_is_applied_even_when_shapes_agree() -> None:
 # ---------------------------------------------------------------- gradients and adapters
 
 
-@pytest.mark.parametrize("case", MAIN_CASES, ids=_ids(MAIN_CASES))
-def test_gradient_reaches_student_and_adapter_not_teacher(case: Case) -> None:
-    student, teacher = _features(case)
-    student.requires_grad_(True)
-    teacher.requires_grad_(True)
-    module = case.make()
-    loss = module(student, teacher)
-    params = list(module.parameters())
-    assert bool(params) == case.adapter
-    grads = torch.autograd.grad(loss, [student, teacher, *params], allow_unused=True)
-    assert grads[1] is None
-    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
-    for grad in grads[2:]:
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
 @pytest.mark.parametrize("case", ADAPTER_CASES, ids=_ids(ADAPTER_CASES))
-def test_adapter_built_on_first_call_saved_and_restored(case: Case) -> None:
+def test_adapter_state_dict_holds_its_shapes_and_parts(case: Case) -> None:
+    """The generic check restores the adapters; here: what the state dict of a built adapter is made of."""
     student, teacher = _features(case)
     module = case.make()
-    adapter = module.regressor if isinstance(module, FitNetsLoss) else module.adapter
-    assert not adapter.is_built and not list(module.parameters())
     module(student, teacher)
-    assert adapter.is_built and list(module.parameters())
     state = module.state_dict()
     assert any(key.endswith("shapes") for key in state) and len(state) > 1
     if isinstance(module, VIDLoss):
         assert "adapter.net.log_scale" in state and "adapter.net.regressor.0.weight" in state
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    restored = case.make()
-    restored.load_state_dict(module.state_dict(), strict=True)
-    module.eval()
-    restored.eval()  # after loading, which builds the restored adapter
-    torch.testing.assert_close(restored(student, teacher), module(student, teacher), rtol=0, atol=0)
 
 
 def test_vid_adapter_is_built_from_channels_and_serves_any_resolution() -> None:
@@ -378,59 +408,7 @@ def test_adapter_rejects_a_different_layer_pair() -> None:
         loss(torch.randn(2, 6, 4, 4), torch.randn(2, 5, 4, 4))
 
 
-@pytest.mark.parametrize("case", ADAPTER_CASES, ids=_ids(ADAPTER_CASES))
-def test_adapter_loss_under_bf16_autocast_is_finite_float32(case: Case) -> None:
-    student, teacher = _features(case)
-    module = case.make()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = module(student, teacher)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-
-
-# ---------------------------------------------------------------- robustness and dtypes
-
-
-def _extreme_inputs(case: Case) -> dict[str, tuple[Tensor, Tensor]]:
-    student, teacher = _features(case)
-    return {
-        "zeros": (torch.zeros_like(student), torch.zeros_like(teacher)),
-        "constant": (torch.full_like(student, 3.0), torch.full_like(teacher, -2.0)),
-        "large": (student * 1e4, teacher * 1e4),
-        "large_opposite": (student * 1e4, -torch.ones_like(teacher) * 1e4),
-    }
-
-
-@pytest.mark.parametrize("inputs", ["zeros", "constant", "large", "large_opposite"])
-@pytest.mark.parametrize("case", MAIN_CASES, ids=_ids(MAIN_CASES))
-def test_finite_loss_and_gradient_on_extreme_inputs(case: Case, inputs: str) -> None:
-    student, teacher = _extreme_inputs(case)[inputs]
-    student = student.clone().requires_grad_(True)
-    loss = case.make()(student, teacher)
-    (grad,) = torch.autograd.grad(loss, student)
-    assert torch.isfinite(loss) and torch.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("case", MAIN_CASES, ids=_ids(MAIN_CASES))
-def test_bfloat16_inputs_give_finite_float32_close_to_float32(case: Case) -> None:
-    student, teacher = _features(case)
-    module = case.make()
-    loss32 = module(student, teacher)
-    student16 = student.bfloat16().requires_grad_(True)
-    loss16 = module(student16, teacher.bfloat16())
-    (grad,) = torch.autograd.grad(loss16, student16)
-    assert loss16.dtype == torch.float32 and grad.dtype == torch.bfloat16
-    assert torch.isfinite(loss16) and torch.isfinite(grad.float()).all()
-    assert loss16.item() == pytest.approx(loss32.item(), rel=0.05, abs=1e-3)
-
-
 # ---------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize("case", MAIN_CASES, ids=_ids(MAIN_CASES))
-def test_batch_size_mismatch(case: Case) -> None:
-    student, teacher = _features(case)
-    with pytest.raises(ValueError, match=r"batch sizes 3 \(student\) and 2 \(teacher\)"):
-        case.make()(student, teacher[:2])
 
 
 @pytest.mark.parametrize("case", MAIN_CASES, ids=_ids(MAIN_CASES))
@@ -473,35 +451,3 @@ def test_vid_loss_rejects_a_regressor_of_the_wrong_shape() -> None:
         vid_loss(student, teacher, nn.Identity(), torch.zeros(5))
     with pytest.raises(ValueError, match=r"log_scale of shape \(5,\)"):
         vid_loss(student, teacher, nn.Conv2d(3, 5, 1), torch.zeros(3))
-
-
-BAD_HYPERPARAMETERS = [
-    (lambda: ATLoss(p=0.0), "expected p > 0"),
-    (lambda: at_loss(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), p=-1.0), "expected p > 0"),
-    (lambda: VIDLoss(eps=0.0), "expected eps > 0"),
-    (lambda: VIDLoss(init_pred_var=1e-6), "expected init_pred_var > eps"),
-    (lambda: VIDLoss(hidden_channels=0), "expected hidden_channels > 0"),
-    (lambda: VIDLoss(hidden_channels=2.5), "expected an integer hidden_channels"),
-    (lambda: VIDLoss(hidden_channels=True), "expected an integer hidden_channels"),
-    (lambda: vid_loss(torch.ones(1, 2), torch.ones(1, 2), nn.Identity(), torch.zeros(2), eps=-1.0), "expected eps > 0"),
-]
-
-
-@pytest.mark.parametrize(("build", "message"), BAD_HYPERPARAMETERS)
-def test_bad_hyperparameters_rejected(build: Callable[[], object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        build()
-
-
-def test_repr_shows_hyperparameters() -> None:
-    assert "adapter=False" in repr(FitNetsLoss(adapter=False))
-    assert "p=3.0" in repr(ATLoss(p=3.0))
-    assert "hidden_channels=8, init_pred_var=2.0, eps=0.001" in repr(VIDLoss(8, 2.0, 1e-3))
-
-
-def test_deepcopy_keeps_the_built_adapter() -> None:
-    """EMA copies and online peers deep-copy modules: a copy of a built loss gives the same value."""
-    loss = VIDLoss()
-    student, teacher = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
-    expected = loss(student, teacher)
-    torch.testing.assert_close(copy.deepcopy(loss)(student, teacher), expected)

@@ -2,7 +2,9 @@
 
 The cosine reference is DistilBERT's exact call: ``nn.CosineEmbeddingLoss`` with target 1 on the attention-masked rows
 (``torch.masked_select`` of the hidden states). The MSE reference is the per-token mean over ``H`` of the squared error
-in float64, averaged over the selected tokens. Projections are re-applied by hand from their weights.
+in float64, averaged over the selected tokens. Projections are re-applied by hand from their weights. The generic
+checks (zero at equality, gradients, projections, dtypes, extreme inputs, errors, repr) run from ``LossTester``
+(``loss_tester.py``) on the cases of :class:`TestHiddenStateLosses`; this file holds the references and edge cases.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from losses.loss_tester import Inputs, LossCase, LossTester
 from torch import Tensor, nn
 
 from kd_lightning.losses.adapters import LazyAdapter
@@ -67,6 +70,62 @@ def _project(states: Tensor, projection: nn.Module) -> Tensor:
     return states @ linear.weight.detach().T + linear.bias.detach()
 
 
+# ---------------------------------------------------------------- the generic checks
+
+WIDTHS = [(8, 8), (6, 8), (4, 12)]
+
+
+def _layer_map(seed: int = 0, batch: int = 3, length: int = 5) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    student = tuple(_states(batch, length, w_s, seed + i) for i, (w_s, _) in enumerate(WIDTHS))
+    teacher = tuple(_states(batch, length, w_t, seed + 10 + i) for i, (_, w_t) in enumerate(WIDTHS))
+    return student, teacher
+
+
+def _one_pair(seed: int) -> Inputs:
+    """One pair of equal widths (no projection), right-padded to lengths 5, 3 and 1."""
+    return Inputs(_states(3, 5, 8, seed), _states(3, 5, 8, seed + 100), {"mask": _padding_mask([5, 3, 1], 5)})
+
+
+def _projected_map(seed: int) -> Inputs:
+    """The three-pair layer map of ``WIDTHS``: two pairs get a projection."""
+    return Inputs(*_layer_map(seed), {"mask": _padding_mask([5, 2, 4], 5)})
+
+
+def _function_form(function: LossFunction) -> LossFunction:
+    return lambda student, teacher, mask, project: function(student, teacher, mask)
+
+
+def _cases(kind: str) -> list[LossCase]:
+    module, function = MODULES[kind], _function_form(FUNCTIONS[kind][0])
+    batch = r"same batch size and length"
+    return [
+        LossCase(
+            kind,
+            module,
+            _one_pair,
+            {"project": True},
+            function=function,
+            defaults={"project": True},
+            bf16_rtol=0.02,
+            batch_mismatch=batch,
+        ),
+        LossCase(
+            f"{kind}_projected",
+            module,
+            _projected_map,
+            {"project": True},
+            zero_at_equality=False,
+            adapter=True,
+            bf16_rtol=0.02,
+            batch_mismatch=batch,
+        ),
+    ]
+
+
+class TestHiddenStateLosses(LossTester):
+    cases = [case for kind in KINDS for case in _cases(kind)]
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -100,6 +159,30 @@ def test_padding_values_do_not_matter(kind: str) -> None:
     torch.testing.assert_close(function(noisy, teacher, mask), function(student, teacher, mask))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_finite_padding_reaches_neither_value_nor_gradient(kind: str, bad: float) -> None:
+    """A fully padded sequence can get NaN hidden states from an attention kernel: padding is zeroed before any maths,
+    so the value, the student's gradient and the projections' gradients stay those of clean padding."""
+    student, teacher = _layer_map()
+    mask = _padding_mask([5, 0, 4], 5)
+    dirty = tuple(torch.where(mask[..., None], s, bad) for s in student)
+    dirty_teacher = tuple(torch.where(mask[..., None], t, bad) for t in teacher)
+    values, grads = [], []
+    for s, t in ((student, teacher), (dirty, dirty_teacher)):
+        torch.manual_seed(0)
+        loss = MODULES[kind]()
+        leaves = tuple(x.clone().requires_grad_(True) for x in s)
+        value = loss(leaves, t, mask=mask)
+        values.append(value)
+        grads.append(torch.autograd.grad(value, [*leaves, *loss.parameters()]))
+    torch.testing.assert_close(values[1], values[0])
+    for dirty_grad, clean_grad in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(dirty_grad, clean_grad)
+    function = FUNCTIONS[kind][0]
+    torch.testing.assert_close(function(dirty[0], dirty_teacher[0], mask), function(student[0], teacher[0], mask))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_split_batch_with_total_num_tokens_equals_whole_batch(kind: str) -> None:
     """Gradient accumulation: two halves, each divided by the whole batch's token count, sum to the whole loss."""
@@ -117,17 +200,6 @@ def test_split_batch_with_total_num_tokens_equals_whole_batch(kind: str) -> None
     torch.testing.assert_close(grad_split, grad_whole)
     as_float = [function(student[i : i + 4], teacher[i : i + 4], mask[i : i + 4], float(total)) for i in (0, 4)]
     assert (as_float[0] + as_float[1]).item() == pytest.approx(whole.item(), rel=1e-6)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_zero_when_student_equals_teacher(kind: str) -> None:
-    function, _ = FUNCTIONS[kind]
-    states = _states(3, 5, 8, 0)
-    mask = _padding_mask([5, 3, 1], 5)
-    assert function(states.clone(), states, mask).item() == pytest.approx(0.0, abs=1e-6)
-    assert MODULES[kind]()((states, states), (states.clone(), states.clone()), mask=mask).item() == pytest.approx(
-        0.0, abs=1e-6
-    )
 
 
 @pytest.mark.parametrize("num_tokens", [None, 0, torch.tensor(0)], ids=["default", "zero", "zero_tensor"])
@@ -150,49 +222,7 @@ def test_cosine_ignores_the_scale_of_each_token_and_mse_does_not() -> None:
     )
 
 
-# ---------------------------------------------------------------- gradients and dtypes
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_gradient_reaches_student_not_teacher(kind: str) -> None:
-    student = _states(2, 5, 4, 0).requires_grad_(True)
-    teacher = _states(2, 5, 4, 1).requires_grad_(True)
-    mask = _padding_mask([5, 3], 5)
-    grads = torch.autograd.grad(FUNCTIONS[kind][0](student, teacher, mask), [student, teacher], allow_unused=True)
-    assert grads[1] is None
-    assert torch.isfinite(grads[0]).all() and grads[0][mask].abs().sum() > 0
-    assert torch.equal(grads[0][~mask], torch.zeros_like(grads[0][~mask]))
-    module_grads = torch.autograd.grad(MODULES[kind]()(student, teacher, mask=mask), [teacher], allow_unused=True)
-    assert module_grads[0] is None
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_bfloat16_inputs_give_float32_close_to_float32(kind: str) -> None:
-    student, teacher = _states(3, 5, 8, 0), _states(3, 5, 8, 1)
-    mask = _padding_mask([5, 4, 2], 5)
-    function = FUNCTIONS[kind][0]
-    student16 = student.bfloat16().requires_grad_(True)
-    value = function(student16, teacher.bfloat16(), mask)
-    (grad,) = torch.autograd.grad(value, student16)
-    assert value.dtype == torch.float32 and grad.dtype == torch.bfloat16
-    assert value.item() == pytest.approx(function(student, teacher, mask).item(), rel=0.02, abs=1e-3)
-    loss = MODULES[kind]()
-    projected = loss((student16[..., :6],), (teacher.bfloat16(),), mask=mask)
-    assert projected.dtype == torch.float32 and torch.isfinite(projected)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = loss((student[..., :6],), (teacher,), mask=mask)
-    assert autocast.dtype == torch.float32 and torch.isfinite(autocast)
-
-
 # ---------------------------------------------------------------- layer maps and projections
-
-WIDTHS = [(8, 8), (6, 8), (4, 12)]
-
-
-def _layer_map(seed: int = 0, batch: int = 3, length: int = 5) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    student = tuple(_states(batch, length, w_s, seed + i) for i, (w_s, _) in enumerate(WIDTHS))
-    teacher = tuple(_states(batch, length, w_t, seed + 10 + i) for i, (_, w_t) in enumerate(WIDTHS))
-    return student, teacher
 
 
 def test_module_class_attributes() -> None:
@@ -334,8 +364,3 @@ def test_batch_length_and_mask_shape_are_checked(kind: str) -> None:
         function(states, states, None, torch.ones(2))
     with pytest.raises(ValueError, match="a non-empty tuple of them"):
         MODULES[kind]()((), ())
-
-
-def test_repr_shows_project() -> None:
-    assert "project=False" in repr(HiddenCosineLoss(project=False))
-    assert "project=True" in repr(HiddenMSELoss())

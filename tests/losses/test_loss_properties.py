@@ -6,6 +6,8 @@ transformations of the inputs it ignores. The sign and finiteness properties hol
 arbitrary float32 values drawn by hypothesis (zeros, repeated and extreme values included); the equalities get seeded
 ``torch.randn`` times a drawn scale (post-ReLU for features), away from the degenerate inputs where a loss's epsilon
 rather than its formula decides the value. Losses with lazy adapters are built fresh, from a drawn seed, per example.
+These searches draw shapes, hyperparameters and values that no fixed case covers; the fixed-input generic checks of
+every loss (gradients, dtypes, errors, repr, ...) run once, from ``LossTester`` (``loss_tester.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from losses.loss_tester import Features, leaves, map_features
 from torch import Tensor
 
 from kd_lightning.losses import (
@@ -46,7 +49,6 @@ from kd_lightning.losses import (
 SEARCH = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 CHECK = settings(SEARCH, max_examples=10)
 
-Features = Tensor | tuple[Tensor, ...]
 Draw = Callable[..., Any]
 
 BATCH = st.integers(2, 8)
@@ -58,15 +60,6 @@ FINITE = st.floats(-20.0, 20.0, width=32)
 TEMPERATURE = st.floats(0.5, 8.0)
 WEIGHT = st.floats(0.0, 10.0)
 RKD_WEIGHT = st.floats(0.0, 100.0)  # the defaults are 25 (distance) and 50 (angle)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: handing them to a second thread costs more than the maths (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- inputs
@@ -88,16 +81,8 @@ class Example:
     target: Tensor | None = None
 
 
-def _map(fn: Callable[[Tensor], Tensor], features: Features) -> Features:
-    return tuple(fn(x) for x in features) if isinstance(features, tuple) else fn(features)
-
-
-def _leaves(features: Features) -> list[Tensor]:
-    return list(features) if isinstance(features, tuple) else [features]
-
-
 def _batch(example: Example) -> int:
-    return _leaves(example.student)[0].shape[0]
+    return leaves(example.student)[0].shape[0]
 
 
 @st.composite
@@ -180,7 +165,7 @@ class Invariance:
 
 
 def _per_tensor(fn: Callable[[Tensor, torch.Generator], Tensor]) -> RoleTransform:
-    return lambda features, generator: _map(lambda x: fn(x, generator), features)
+    return lambda features, generator: map_features(lambda x: fn(x, generator), features)
 
 
 def _on(role: str, fn: RoleTransform) -> Transform:
@@ -264,7 +249,9 @@ def _rebalance_layers(pair: Features, generator: torch.Generator) -> Features:
 
 def _reorder(example: Example, order: Tensor) -> Example:
     target = None if example.target is None else example.target[order]
-    return Example(_map(lambda x: x[order], example.student), _map(lambda x: x[order], example.teacher), target)
+    return Example(
+        map_features(lambda x: x[order], example.student), map_features(lambda x: x[order], example.teacher), target
+    )
 
 
 def _permute_batch(example: Example, generator: torch.Generator) -> Example:
@@ -571,10 +558,10 @@ def test_finite_float32_scalar_with_finite_gradients(spec: Spec, data: st.DataOb
     """For any finite input of any float dtype: a finite float32 scalar, finite gradients for student and adapters."""
     module, example = _draw_case(data, spec, arbitrary=True)
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), label="dtype")
-    student = _map(lambda x: x.to(dtype).requires_grad_(True), example.student)
-    loss = module(student, _map(lambda x: x.to(dtype), example.teacher), example.target)
+    student = map_features(lambda x: x.to(dtype).requires_grad_(True), example.student)
+    loss = module(student, map_features(lambda x: x.to(dtype), example.teacher), example.target)
     assert loss.shape == () and loss.dtype == torch.float32 and torch.isfinite(loss)
-    grads = torch.autograd.grad(loss, [*_leaves(student), *module.parameters()])
+    grads = torch.autograd.grad(loss, [*leaves(student), *module.parameters()])
     assert all(torch.isfinite(grad).all() for grad in grads)
 
 
@@ -597,7 +584,7 @@ ZERO = [spec for spec in SPECS if spec.zero_at_equality]
 @given(data=st.data())
 def test_zero_when_student_equals_teacher(spec: Spec, data: st.DataObject) -> None:
     module, example = _draw_case(data, spec, arbitrary=False)
-    loss = module(example.student, _map(torch.clone, example.student), example.target)
+    loss = module(example.student, map_features(torch.clone, example.student), example.target)
     assert abs(loss.item()) <= spec.tolerance(module)
 
 

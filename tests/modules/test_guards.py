@@ -21,6 +21,7 @@ from kd_lightning import (
     DistillationModule,
     DistillTerm,
     EMATeacher,
+    NonFiniteLossError,
     OfflineDistillation,
     OnlineDistillation,
     PSKDTeacher,
@@ -28,7 +29,6 @@ from kd_lightning import (
     SnapshotTeacher,
 )
 from kd_lightning.losses import FitNetsLoss, KDLoss, LazyAdapter
-from kd_lightning.modules._guards import NonFiniteLossError
 
 SGD = functools.partial(torch.optim.SGD, lr=1.0)
 
@@ -226,7 +226,9 @@ def test_resuming_beside_a_changed_teacher_is_refused(tmp_path):
     fast_trainer(tmp_path, max_steps=1, enable_checkpointing=True, callbacks=[checkpoint]).fit(
         offline(), datamodule=DigitsDataModule()
     )
-    other_teacher = OfflineDistillation(DigitsMLP(hidden=(16,)), DigitsCNN(width=32))  # random teacher weights
+    other_teacher = OfflineDistillation(  # random teacher weights, on purpose
+        DigitsMLP(hidden=(16,)), DigitsCNN(width=32), allow_untrained_teacher=True
+    )
     trainer = fast_trainer(tmp_path, max_steps=2)
     with pytest.raises(ValueError, match="teacher's weights .* differ from those this checkpoint was trained with"):
         trainer.fit(other_teacher, datamodule=DigitsDataModule(), ckpt_path=checkpoint.last_model_path)

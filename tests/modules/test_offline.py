@@ -35,10 +35,10 @@ class TeacherModeProbe(L.Callback):
         self.flags: list[bool] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.flags += [m.training for m in pl_module.teacher.modules()]
+        self.flags += [m.training for m in pl_module.teacher.modules()]  # the source and its network
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.flags += [m.training for m in pl_module.teacher.modules()]
+        self.flags += [m.training for m in pl_module.teacher.modules()]  # the source and its network
 
 
 def test_default_objective_is_hinton_kd():
@@ -89,7 +89,8 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
     assert any(key.startswith("student.") for key in saved["state_dict"])
     assert saved["hyper_parameters"] == {
         "teacher_weights": str(TEACHER_WEIGHTS),
-        "ce_weight": 0.1,
+        "terms": None,
+        "ce_weight": None,
         "num_classes": 10,
         "lr_scheduler": None,
         "label_smoothing": 0.0,
@@ -100,6 +101,7 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
         "student_normalization": None,
         "teacher_dtype": None,
         "teacher_cache": None,
+        "allow_untrained_teacher": False,
     }
 
     restored = OfflineDistillation.load_from_checkpoint(

@@ -208,7 +208,10 @@ def test_two_peer_cohort_reports_the_teacher(tmp_path):
     trainer = fast_trainer(tmp_path, limit_train_batches=2, limit_val_batches=2)
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
     metrics = trainer.callback_metrics
-    assert module.teacher is module.peers["teacher"] and module(fixed_batch()[0]).shape == (32, 10)
+    teacher, student = module.deployables()
+    assert (teacher.name, teacher.role, teacher.network) == ("teacher", "teacher", module.peers["teacher"])
+    assert (student.role, student.network, student.reference) == ("student", module.student, "the teacher")
+    assert module(fixed_batch()[0]).shape == (32, 10)
     assert metrics["val/teacher_acc"] == metrics["val/acc_teacher"] and metrics["val/acc"] == metrics["val/acc_student"]
 
 

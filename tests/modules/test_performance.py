@@ -64,10 +64,10 @@ def fit_losses(module, tmp_path, steps: int = 3, callbacks=(), **trainer_args) -
 )
 def test_half_precision_teacher_halves_weights_and_returns_float32_close_to_float32_teacher(dtype, tolerance):
     full, half = make_module(), make_module(teacher_dtype=dtype)
-    full_bytes = sum(p.numel() * p.element_size() for p in full.teacher.parameters())
-    half_bytes = sum(p.numel() * p.element_size() for p in half.teacher.parameters())
+    full_bytes = sum(p.numel() * p.element_size() for p in full.teacher.network.parameters())
+    half_bytes = sum(p.numel() * p.element_size() for p in half.teacher.network.parameters())
     assert half_bytes * 2 == full_bytes
-    assert all(p.dtype == getattr(torch, dtype) for p in half.teacher.parameters())
+    assert all(p.dtype == getattr(torch, dtype) for p in half.teacher.network.parameters())
     images = digits_test_images()
     expected, got = full.teacher_outputs([images])["logits"], half.teacher_outputs([images])["logits"]
     assert got.dtype == torch.float32
@@ -98,13 +98,13 @@ def test_bfloat16_teacher_fits_and_stays_out_of_checkpoints(tmp_path, precision,
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
     assert trainer.global_step == 3 and all(torch.isfinite(v).all() for v in trainer.callback_metrics.values())
     assert any(not torch.equal(before[k], v) for k, v in module.student.state_dict().items())
-    assert all(p.dtype == torch.bfloat16 for p in module.teacher.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in module.teacher.network.parameters())
     saved = torch.load(checkpoint.last_model_path, weights_only=True)
     assert not any(key.startswith("teacher.") for key in saved["state_dict"])
     restored = OfflineDistillation.load_from_checkpoint(
         checkpoint.last_model_path, student=DigitsMLP(hidden=(16,)), teacher=DigitsCNN(width=32)
     )
-    assert restored.teacher_dtype == torch.bfloat16
+    assert restored.teacher.dtype == torch.bfloat16
 
 
 def test_unknown_teacher_dtype_names_the_choices():
@@ -117,7 +117,7 @@ def test_compile_in_place_keeps_keys_and_gives_the_same_losses(tmp_path, one_tor
     modules = []
     compiled = fit_losses(lambda: modules.append(make_module(compile=True)) or modules[0], tmp_path / "compiled")
     module = modules[0]
-    assert module.student._compiled_call_impl is not None and module.teacher._compiled_call_impl is not None
+    assert module.student._compiled_call_impl is not None and module.teacher.network._compiled_call_impl is not None
     assert compiled == pytest.approx(plain, abs=1e-5)
     assert not any("_orig_mod" in key for key in module.state_dict())
 

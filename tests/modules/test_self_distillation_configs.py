@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import CONFIGS
 
+from kd_lightning import LayerwiseSelfDistillation, TemporalSelfDistillation
 from kd_lightning.cli import build_cli
 from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.self_distillation import SelfDistillation
@@ -23,7 +24,7 @@ TINY_BUDGET = [
 
 def fit_config(name: str):
     cli = build_cli(["--config", str(CONFIGS / "digits" / f"{name}.yaml"), *TINY_BUDGET], run=False)
-    assert isinstance(cli.model, SelfDistillation)
+    assert isinstance(cli.model, LayerwiseSelfDistillation if name == "self_byot" else TemporalSelfDistillation)
     initial = copy.deepcopy(cli.model.student.state_dict())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 3

@@ -22,8 +22,7 @@ from rich.console import Console
 from kd_lightning.callbacks.report import render as report_render
 from kd_lightning.callbacks.report.headline import headline
 from kd_lightning.callbacks.report.measure import SIZE_METHOD, batch_of, cpu_inputs, measure_network
-from kd_lightning.callbacks.report.networks import Deployable, deployables
-from kd_lightning.core import batch as batches
+from kd_lightning.core.batch import Inputs, parse_parts
 from kd_lightning.core.networks import count_parameters
 from kd_lightning.files import atomic_write
 
@@ -139,7 +138,7 @@ class DistillationReport(L.Callback):
         self.baseline = read_student_alone(student_alone) if student_alone is not None else None
         self.summary: dict[str, Any] = {}
         self.written: list[Path] = []
-        self._example: batches.Inputs | None = None
+        self._example: Inputs | None = None
 
     # ----------------------------------------------------------------- hooks
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -150,14 +149,17 @@ class DistillationReport(L.Callback):
     ) -> None:
         """Keep a CPU copy of the first test batch's inputs: the timing inputs."""
         if self._example is None and trainer.is_global_zero:
-            self._example = cpu_inputs(batches.inputs_of(batches.parts(batch)[0]))
+            self._example = cpu_inputs(next(iter(parse_parts(batch).values())).inputs)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         directory = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: Trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return
-        if not isinstance(getattr(pl_module, "student", None), torch.nn.Module):
-            rank_zero_warn(f"DistillationReport needs a module with a student network, not {type(pl_module).__name__}")
+        if not callable(getattr(pl_module, "deployables", None)):
+            rank_zero_warn(
+                f"DistillationReport needs a kd_lightning module (one that answers deployables()), not "
+                f"{type(pl_module).__name__}"
+            )
             return
         self.summary = self.build(trainer, pl_module)
         self.publish(trainer, directory)
@@ -170,7 +172,7 @@ class DistillationReport(L.Callback):
         }
         if self._example is None:
             rank_zero_warn("DistillationReport saw no test batch: sizes are reported, latency and throughput are not.")
-        entries = deployables(pl_module)
+        entries = pl_module.deployables(self._example)
         networks = [self.measured(entry, metrics) for entry in entries]
         if self.baseline is not None:
             position = next(i for i, row in enumerate(networks) if row["role"] == "student")
@@ -195,7 +197,7 @@ class DistillationReport(L.Callback):
             "measurement": self.measurement(),
         }
 
-    def measured(self, entry: Deployable, metrics: dict[str, float | None]) -> dict[str, Any]:
+    def measured(self, entry: Any, metrics: dict[str, float | None]) -> dict[str, Any]:
         """One network's row: parameters, size, timings (``None``, with a warning, if it cannot be timed), metrics."""
         network = entry.network
         row: dict[str, Any] = {"name": entry.name, "role": entry.role, "class": type(network).__name__}

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from kd_lightning.callbacks.report.networks import key_of
 from kd_lightning.files import atomic_write
+from kd_lightning.modules.deployable import key_of
 
 Report = dict[str, Any]
 NUMBERS = ("parameters", "size_bytes", "latency_ms", "throughput", "acc", "ppl", "agreement", "kl", "cosine")

@@ -31,7 +31,7 @@ each importing only those listed before it:
 - :mod:`~kd_lightning.cli.diagnose.boundary`: the entry points, :func:`debug_requested` and :func:`diagnose`.
 """
 
-from kd_lightning.cli.diagnose.boundary import debug_requested, diagnose
+from kd_lightning.cli.diagnose.boundary import debug_requested, diagnose, error_boundary
 from kd_lightning.cli.diagnose.config_sources import Segment, config_source
 from kd_lightning.cli.diagnose.diagnosis import (
     DEBUG_ENV,
@@ -63,6 +63,7 @@ __all__ = [
     "describe_exception",
     "describe_parse_error",
     "diagnose",
+    "error_boundary",
     "import_path",
     "init_parameters",
     "nearest_import_path",

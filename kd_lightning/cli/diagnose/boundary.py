@@ -1,15 +1,31 @@
-"""The entry points of the error boundary: strip ``--debug`` from the arguments, and diagnose any error."""
+"""The one error boundary of both commands: strip ``--debug`` from the arguments, diagnose any error, print it once.
+
+``kd-lightning`` and ``kd-lightning-export`` run their work inside :func:`error_boundary`: an error becomes one short
+block on stderr (:func:`diagnose`), the traceback only with ``--debug`` / ``KD_LIGHTNING_DEBUG=1``, and the process
+exits with 2 (refused before running), 1 (a run that failed) or 130 (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from kd_lightning.cli.diagnose.diagnosis import DEBUG_ENV, DEBUG_FLAG, INTERRUPT_EXIT, RUN_EXIT, USAGE_EXIT, Diagnosis
+from kd_lightning.cli.diagnose.diagnosis import (
+    DEBUG_ENV,
+    DEBUG_FLAG,
+    INTERRUPT_EXIT,
+    PROG,
+    RUN_EXIT,
+    USAGE_EXIT,
+    Diagnosis,
+)
 from kd_lightning.cli.diagnose.exceptions import describe_exception, traceback_frames
 from kd_lightning.cli.diagnose.parse_errors import describe_parse_error
 
@@ -73,3 +89,25 @@ def _cli_in_traceback(error: BaseException) -> Any:
         if isinstance(candidate, LightningCLI):
             return candidate
     return None
+
+
+@contextlib.contextmanager
+def error_boundary(args: Sequence[str], debug: bool, prog: str = PROG, exit_code: int | None = None) -> Iterator[None]:
+    """Run the block; any error (Ctrl-C included, also when Lightning turned it into ``sys.exit(1)``) is printed once
+    as a diagnosis headed ``prog:`` and ends the process with its exit code (``exit_code`` instead, when given and the
+    error is not an interruption). ``--help`` and other ``SystemExit`` pass through."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        interrupted = isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
+        if isinstance(error, SystemExit) and not interrupted:
+            raise
+        cause = error.__context__ if interrupted else error
+        diagnosis = diagnose(cause, args)
+        if exit_code is not None and diagnosis.exit_code != INTERRUPT_EXIT:
+            diagnosis.exit_code = exit_code
+        sys.stdout.flush()
+        if debug:
+            traceback.print_exception(error)
+        print(diagnosis.render(debug_hint=not debug).replace(f"{PROG}:", f"{prog}:", 1), file=sys.stderr)
+        raise SystemExit(diagnosis.exit_code) from None

@@ -133,11 +133,16 @@ def _failing_node(
     nodes = [(path, node, cls or import_path(node["class_path"])) for path, node, cls in _config_nodes(config, groups)]
     for frame in reversed(frames):
         built = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        created = frame.f_locals.get("cls") if frame.f_code.co_name == "__new__" else None  # an entry-point class
         matches = [
             (path, node)
             for path, node, target in nodes
             if target is not None
-            and ((built is not None and type(built) is target) or getattr(target, "__code__", None) is frame.f_code)
+            and (
+                (built is not None and type(built) is target)
+                or (created is not None and created is target)
+                or getattr(target, "__code__", None) is frame.f_code
+            )
         ]
         if matches:
             values = inspect.getargvalues(frame).locals

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import os
 import re
 from collections.abc import Sequence
@@ -13,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from kd_lightning.cli.diagnose.config_sources import config_files
+from kd_lightning.cli.diagnose.config_sources import config_files, config_value
 from kd_lightning.cli.diagnose.diagnosis import PROG, USAGE_EXIT, Diagnosis
+from kd_lightning.cli.diagnose.imports import import_path
 from kd_lightning.cli.diagnose.message_tree import describe_tree
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonnet")
@@ -166,7 +168,38 @@ def _required(message: str, parser: Any, args: Sequence[str]) -> Diagnosis | Non
     if match is None:
         return None
     keys = [key.strip().split(".", 1)[-1] for key in match.group(1).split(",")]
+    model = _model_class(args)
+    described = [(key, _parameter_doc(model, key.rsplit(".", 1)[-1])) for key in keys] if model else []
+    if described and all(doc for _, doc in described):
+        settings = "; ".join(f"model.init_args.{key.rsplit('.', 1)[-1]}: {doc}" for key, doc in described)
+        return Diagnosis(
+            f"missing required settings of {model.__name__}: {', '.join(keys)}",
+            fix=f"set them in the config: {settings}",
+        )
     return Diagnosis(
         f"missing required settings: {', '.join(keys)}",
         fix=f"pass a config that sets them: `{_command(args)} --config configs/digits/offline_kd.yaml`",
     )
+
+
+def _model_class(args: Sequence[str]) -> type | None:
+    """The class the config's ``model.class_path`` names, when it imports."""
+    path = config_value(["model", "class_path"], args)
+    target = import_path(path) if isinstance(path, str) else None
+    return target if inspect.isclass(target) else None
+
+
+def _parameter_doc(cls: type, name: str) -> str | None:
+    """The ``Args:`` entry of ``name`` in the docstrings of ``cls`` and its bases (Google style), on one line."""
+    for owner in inspect.getmro(cls):
+        lines = (owner.__doc__ or "").splitlines()
+        for index, line in enumerate(lines):
+            if line.strip().startswith(f"{name}:"):
+                text = [line.strip()[len(name) + 1 :].strip()]
+                indent = len(line) - len(line.lstrip())
+                for follow in lines[index + 1 :]:
+                    if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent:
+                        break
+                    text.append(follow.strip())
+                return " ".join(text).replace("``", "")
+    return None
