@@ -9,6 +9,29 @@ import lightning as L
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TEACHER_WEIGHTS = ROOT / "checkpoints" / "digits_teacher.safetensors"
+TINY_TRAINER = {
+    "max_epochs": 1,
+    "limit_train_batches": 2,
+    "limit_val_batches": 1,
+    "limit_test_batches": 2,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+"""The one tiny budget of a ``kd-lightning fit`` in the tests: one epoch of two batches, one validation batch."""
+
+
+def tiny_fit(test_after_fit: bool = False, **trainer: object) -> list[str]:
+    """Command-line options of the tiny budget (:data:`TINY_TRAINER`), with a test's own ``trainer`` settings
+    (``max_steps=3``, ``logger=False``, ...) and whether to test after fitting."""
+    settings = {**TINY_TRAINER, **trainer}
+    options = [
+        f"--trainer.{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()
+    ]
+    return [*options, f"--test_after_fit={str(test_after_fit).lower()}"]
+
+
+TINY_FIT = tiny_fit()
+"""The tiny budget's options as they are (most tests)."""
 
 
 def fast_trainer_kwargs(tmp_path: Path, **overrides) -> dict:

@@ -1,13 +1,13 @@
 """KD + AT + FitNets + RKD in one config: adapters are built in setup, optimized, checkpointed and restored."""
 
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, tiny_fit
 
 from kd_lightning import OfflineDistillation
 from kd_lightning.cli import build_cli
 
 CONFIG = str(CONFIGS / "digits/kd_at_rkd.yaml")
-TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
+TINY = tiny_fit(limit_train_batches=3, limit_val_batches=2, test_after_fit=True)
 
 
 def test_combined_terms_fit_with_adapters_in_optimizer_and_checkpoint(in_project_copy):

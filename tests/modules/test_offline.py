@@ -183,6 +183,7 @@ class TeacherUnchangedInEveryProcess(L.Callback):
         assert not pl_module.teacher.training
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = fast_trainer(

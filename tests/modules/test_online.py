@@ -252,6 +252,7 @@ def test_bf16_mixed_precision_fit(tmp_path):
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_saves_every_peer(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = fast_trainer(

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, tiny_fit
 
 from kd_lightning import LayerwiseSelfDistillation, TemporalSelfDistillation
 from kd_lightning.cli import build_cli
@@ -12,14 +12,7 @@ from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.self_distillation import SelfDistillation
 from kd_lightning.teachers.temporal import EMATeacher, PSKDTeacher, SnapshotTeacher
 
-TINY_BUDGET = [
-    "--trainer.max_steps=3",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=2",
-    "--trainer.limit_test_batches=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+TINY_BUDGET = tiny_fit(max_steps=3, limit_train_batches=3, limit_val_batches=2, test_after_fit=True)
 
 
 def fit_config(name: str):

@@ -247,6 +247,7 @@ def test_exactly_one_family_is_required():
         SelfDistillation(DigitsMLP(), teacher=DigitsMLP())
 
 
+@pytest.mark.slow
 def test_pskd_gathers_the_predictions_of_every_process_under_ddp(tmp_path):
     module = SelfDistillation(DigitsMLP(hidden=(16,)), teacher=PSKDTeacher(alpha_max=0.8))
     trainer = fast_trainer(tmp_path, strategy="ddp_spawn", devices=2, limit_train_batches=2, limit_val_batches=0)

@@ -275,6 +275,7 @@ def test_top_k_not_below_the_classes_is_refused(tmp_path):
         trainer.fit(make_module(TeacherCache(tmp_path / "c", top_k=10)), datamodule=DigitsDataModule())
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_share_one_build(tmp_path):
     cache = TeacherCache(tmp_path / "cache", dtype="float32")
     trainer = fast_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=2, limit_val_batches=1)

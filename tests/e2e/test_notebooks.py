@@ -6,6 +6,8 @@ import os
 import pytest
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # spawns processes (DDP workers, killed runs, kernels)
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 

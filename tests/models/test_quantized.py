@@ -171,6 +171,7 @@ def test_a_qad_run_resumes_from_its_checkpoint(tmp_path):
     assert not torch.isinf(resumed.student.quant.activation_post_process.activation_post_process.min_val)
 
 
+@pytest.mark.slow
 def test_int8_torchscript_is_smaller_and_reloads_without_kd_lightning(tmp_path):
     student = quantized_copy(teacher(), weights=str(TEACHER_WEIGHTS))
     x, _ = digits_test_batch(64)

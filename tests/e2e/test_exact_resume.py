@@ -33,6 +33,8 @@ from torch.utils.data import Dataset
 from kd_lightning.data import DigitsDataModule, ResumableDataLoader
 from kd_lightning.modules import _run_state as run_state
 
+pytestmark = pytest.mark.slow  # spawns processes (DDP workers, killed runs, kernels)
+
 KILL_AT_STEP = 9
 EPOCH_END_MODE, EPOCH_END_STEP = "online_kd", 6  # a mode with dropout (global RNG) and a scheduler step per epoch
 BUDGET = [

@@ -6,15 +6,17 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, tiny_fit
 
 from kd_lightning import Classifier, OfflineDistillation
 from kd_lightning.cli import build_cli
 
-TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
+TINY = tiny_fit(limit_train_batches=3, limit_val_batches=2, test_after_fit=True)
 
 
+@pytest.mark.slow
 def test_main_command_runs_as_a_subprocess_and_prints_the_report(in_project_copy):
     command = [sys.executable, "-m", "kd_lightning.cli", "fit", "--config", str(CONFIGS / "digits/offline_kd.yaml")]
     command += [*TINY, "--trainer.limit_test_batches=2", "--report.path=report.json"]

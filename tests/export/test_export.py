@@ -15,7 +15,7 @@ import lightning as L
 import onnxruntime
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, TEACHER_WEIGHTS, fast_trainer
+from helpers import CONFIGS, ROOT, TEACHER_WEIGHTS, fast_trainer, tiny_fit
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
@@ -28,13 +28,7 @@ from kd_lightning.export.formats import export_network, to_torchscript
 from kd_lightning.models import MobileNetV2, ShuffleV2, resnet8x4, vgg8, wrn_16_2
 from kd_lightning.modules import OfflineDistillation, OnlineDistillation, SelfDistillation
 
-SHORT = [
-    "--trainer.max_steps=3",
-    "--trainer.limit_val_batches=1",
-    "--test_after_fit=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+SHORT = tiny_fit(max_steps=3)
 RUNS = ("offline_kd", "online_kd", "self_ema", "self_byot")
 BATCH_SIZES = (1, 5, 64)
 ONNX_TOLERANCE, TORCHSCRIPT_TOLERANCE = 1e-4, 1e-6
@@ -60,7 +54,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs["bessel"] = [
         "--config",
         str(CONFIGS / "digits" / "baseline.yaml"),
-        "--model.init_args.network=test_export.BesselMLP",
+        "--model.init_args.network=export.test_export.BesselMLP",
         "--trainer.default_root_dir=runs/digits/bessel",
         "--trainer.logger.init_args.save_dir=runs/digits/bessel",
     ]

@@ -122,6 +122,7 @@ class RecordWeights(L.Callback):
         torch.save(state, self.path / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_train_like_one_batch(tmp_path):
     """Two processes with 4 sequences each (different padding per rank) end with the weights of one batch of 8."""
     data, collate = Sequences(causal=False), TokenCollator(pad_token_id=0)

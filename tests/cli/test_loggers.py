@@ -2,7 +2,7 @@
 with no network: W&B offline, TensorBoard event files, the rich progress bar beside the recipe's callbacks."""
 
 import pytest
-from helpers import CONFIGS
+from helpers import CONFIGS, tiny_fit
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -10,14 +10,7 @@ from kd_lightning.cli import build_cli
 
 RECIPE = CONFIGS / "digits" / "offline_kd.yaml"
 LOGGER_CONFIGS = sorted((CONFIGS / "loggers").glob("*.yaml"))
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-    "--test_after_fit=false",
-]
+TINY = tiny_fit(log_every_n_steps=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -48,6 +48,8 @@ from strategy_helpers import (
     trainer_kwargs,
 )
 
+pytestmark = pytest.mark.slow  # spawns processes (DDP workers, killed runs, kernels)
+
 STEPS = EPOCHS * TRAIN_BATCHES
 SGD = functools.partial(torch.optim.SGD, lr=0.1)  # no weight decay or momentum: a weight moves only by its gradient
 FP16_ON_CPU = r"AMP with fp16 is not supported on CPU\. Using `precision='bf16-mixed'` instead\."

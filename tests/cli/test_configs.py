@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import CONFIGS, ROOT
+from helpers import CONFIGS, ROOT, tiny_fit
 from jsonargparse import ArgumentParser
 from torch import nn
 
@@ -20,12 +20,7 @@ ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 PARTIAL = CONFIGS / "loggers"  # composed with a recipe by a second --config; run by tests/test_loggers.py
 RUN_CONFIGS = [path for path in ALL_CONFIGS if PARTIAL not in path.parents]
 TINY_BUDGET = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=2",
-    "--trainer.limit_test_batches=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
+    *tiny_fit(limit_train_batches=3, limit_val_batches=2, test_after_fit=True),
     "--report.max_seconds=0.05",  # the report's timing: a glance, not a benchmark
     "--report.throughput_batch=8",
 ]
