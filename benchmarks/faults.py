@@ -1,4 +1,5 @@
-"""Run every user mistake of ``tests/test_bad_inputs.py`` and print what each produced, as a Markdown table.
+"""Run every user mistake of the catalogue (``tests/mistakes/cases_*.py``) and print what each produced, as a Markdown
+table.
 
 Each mistake runs in a scratch copy of the project (``checkpoints/`` included), as a user would run it: the command
 line through ``kd_lightning.cli.command`` (exit code and the first line of the message), the Python calls directly (the
@@ -20,7 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]
 
-import test_bad_inputs as catalog  # noqa: E402
+import importlib  # noqa: E402
+
+from mistakes import catalogue  # noqa: E402
+
+CASE_FILES = [
+    importlib.import_module(f"mistakes.{path.stem}") for path in sorted((ROOT / "tests/mistakes").glob("cases_*.py"))
+]
+CLI_MISTAKES = [case for module in CASE_FILES for case in getattr(module, "CLI_MISTAKES", [])]
+API_MISTAKES = [case for module in CASE_FILES for case in getattr(module, "API_MISTAKES", [])]
 
 from kd_lightning.cli import main  # noqa: E402
 
@@ -33,7 +42,7 @@ def first_line(text: str) -> str:
     return line if len(line) <= WIDTH else line[: WIDTH - 3] + "..."
 
 
-def run_cli(mistake: catalog.CliMistake, scratch: Path) -> tuple[str, str]:
+def run_cli(mistake: catalogue.CliMistake, scratch: Path) -> tuple[str, str]:
     stderr = io.StringIO()
     code: int | str | None = 0
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
@@ -48,7 +57,7 @@ def run_cli(mistake: catalog.CliMistake, scratch: Path) -> tuple[str, str]:
     return f"exit {code}", first_line(block[start:] if start >= 0 else block)
 
 
-def run_api(mistake: catalog.ApiMistake, scratch: Path) -> tuple[str, str]:
+def run_api(mistake: catalogue.ApiMistake, scratch: Path) -> tuple[str, str]:
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         try:
             mistake.run({"tmp": scratch})
@@ -62,8 +71,8 @@ def main_table() -> None:
     print("| kind | mistake | outcome | message (first line) |")
     print("|---|---|---|---|")
     for kind, mistakes, run in (
-        ("command line", catalog.CLI_MISTAKES, run_cli),
-        ("Python", catalog.API_MISTAKES, run_api),
+        ("command line", CLI_MISTAKES, run_cli),
+        ("Python", API_MISTAKES, run_api),
     ):
         for mistake in mistakes:
             with tempfile.TemporaryDirectory() as folder:

@@ -72,3 +72,24 @@ class BrokenDigits(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.images, self.labels), batch_size=16)
+
+
+class DigitsWithoutTest(L.LightningDataModule):
+    """The digits data with training and validation loaders only (a datamodule written before its test split)."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        from kd_lightning import DigitsDataModule
+
+        self.digits = DigitsDataModule(batch_size=32)
+
+    def setup(self, stage: str) -> None:
+        self.digits.setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.digits.train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self.digits.val_dataloader()

@@ -21,10 +21,12 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from kd_lightning.callbacks.outputs import PlannedOutput, check_run_outputs
 from kd_lightning.core.batch import parse_parts
 from kd_lightning.core.networks import hookless_copy
 from kd_lightning.export.formats import FORMATS, check_formats, export_network, export_paths, write_int8
 from kd_lightning.files import atomic_write, read_checkpoint
+from kd_lightning.files.outputs import is_torchscript, same_weights
 from kd_lightning.files.weights import first_nonfinite
 from kd_lightning.models.quantized import QuantizedNetwork
 
@@ -166,6 +168,21 @@ class ExportWeights(TrainedWeightsExport):
         self.path = path
         self.copy_to = copy_to
 
+    def planned_outputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PlannedOutput]:
+        """``path`` (and ``copy_to``): the student's state dict (an existing file must hold the same architecture)."""
+        kind = same_weights(pl_module.student.state_dict())
+        what = f"the trained {type(pl_module.student).__name__}'s weights"
+        targets = [
+            (self.path, "ExportWeights.path"),
+            *([(self.copy_to, "ExportWeights.copy_to")] if self.copy_to else []),
+        ]
+        return [(target, what, where, kind) for target, where in targets]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before the first step: the outputs must not replace anything good (:mod:`kd_lightning.files.outputs`)."""
+        if stage == "fit":
+            check_run_outputs(self, trainer, pl_module)
+
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         targets = [self.path, *([self.copy_to] if self.copy_to else [])]
@@ -211,6 +228,22 @@ class ExportStudent(TrainedWeightsExport):
         """Where the files go: ``dirpath``, else ``<trainer.log_dir>/export``."""
         return Path(self.dirpath if self.dirpath is not None else os.path.join(trainer.log_dir or ".", "export"))
 
+    def planned_outputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PlannedOutput]:
+        """``student.<format>`` in :meth:`folder`; an existing safetensors file must hold the same architecture."""
+        kinds = {"safetensors": same_weights(pl_module.student.state_dict()), "torchscript": is_torchscript}
+        what = f"the exported {type(pl_module.student).__name__}"
+        paths = export_paths(self.folder(trainer), "student", self.formats)
+        return [(path, what, f"ExportStudent ({fmt})", kinds.get(fmt)) for fmt, path in paths.items()]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before the first step: the outputs must not replace anything good, and the student must take the inputs
+        the TorchScript and ONNX formats are checked on (one tensor ``[B, ...]``)."""
+        if stage != "fit":
+            return
+        check_run_outputs(self, trainer, pl_module)
+        if set(self.formats) - {"safetensors"}:
+            example_inputs(pl_module)  # dict (text) batches: refused here, not after the fit
+
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self.folder(trainer)
@@ -244,8 +277,8 @@ def example_inputs(pl_module: L.LightningModule) -> Tensor:
     if not isinstance(inputs, Tensor):
         raise ValueError(
             f"ExportStudent: expected training batches whose inputs are one tensor [B, ...] but got "
-            f"{type(inputs).__name__}; only networks called on one tensor export to TorchScript and ONNX here (use "
-            "ExportWeights for the state dict)."
+            f"{type(inputs).__name__} (keyword inputs: {sorted(inputs)}); the TorchScript and ONNX files are checked "
+            f"on one input tensor: set ExportStudent.formats: [safetensors], or use ExportWeights for the state dict."
         )
     return inputs.detach().cpu().float()
 
@@ -273,14 +306,22 @@ class ConvertQuantized(TrainedWeightsExport):
         self.path = path
         self.size: int | None = None
 
+    def planned_outputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PlannedOutput]:
+        """``path``: the int8 TorchScript file (an existing file must be a TorchScript archive)."""
+        return [(self.path, "the int8 student", "ConvertQuantized.path", is_torchscript)]
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before the first step: a fake-quantized student, and an output that replaces nothing good."""
+        if stage != "fit":
+            return
         student = getattr(pl_module, "student", None)
-        if stage == "fit" and not isinstance(student, QuantizedNetwork):
+        if not isinstance(student, QuantizedNetwork):
             raise ValueError(
                 f"ConvertQuantized: expected a fake-quantized student built by kd_lightning.models.quantized."
                 f"quantized_copy but got {type(student).__name__}; build the student with class_path: "
                 f"kd_lightning.models.quantized.quantized_copy, or remove the callback."
             )
+        check_run_outputs(self, trainer, pl_module)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

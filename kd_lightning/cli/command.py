@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kd_lightning.callbacks import DistillationReport
 from kd_lightning.cli import resume
@@ -77,6 +78,17 @@ class KDLightningCLI(CheckpointPathCLI):
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def before_fit(self) -> None:
+        """Refuse, before training, a fit whose test after fitting cannot run (a datamodule without test data)."""
+        if not self.config[self.subcommand].get("test_after_fit", True) or self.datamodule is None:
+            return
+        if not is_overridden("test_dataloader", self.datamodule, LightningDataModule):
+            name = type(self.datamodule).__name__
+            raise ValueError(
+                f"test_after_fit tests the best checkpoint when the fit ends but {name} has no test_dataloader, so the "
+                f"run would fail after training; set --test_after_fit=false, or give {name} a test split."
+            )
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):

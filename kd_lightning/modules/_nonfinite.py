@@ -3,7 +3,8 @@
 The guard in ``training_step`` stops a run (``on_nonfinite: stop``) or skips the step (``skip``) before ``backward``.
 Its message attributes the fault, in this order: inputs that hold NaN/inf (the data); a teacher whose outputs hold
 NaN/inf (named, with its weights file: re-export it); a student whose weights are no longer finite (the run
-diverged: lower the learning rate, clip gradients); otherwise finite everything (an overflow inside a term).
+diverged: lower the learning rate, clip gradients); a student whose forward gives NaN/inf on finite inputs and
+weights (the network); otherwise finite everything (an overflow inside a term).
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def cause_of(module: Any, parts: Mapping[str | None, Batch]) -> str:
             f"The student's weights are no longer finite ({bad}): the run diverged; lower the learning rate or clip "
             f"gradients (trainer.gradient_clip_val)."
         )
+    for part in parts.values():
+        with torch.no_grad():
+            count = _nonfinite_count(module.student_outputs(part))
+        if count:
+            return (
+                f"The student {type(module.student).__name__} gives {count} NaN/inf output value(s) on finite inputs "
+                f"with finite weights: its forward computes them (a log or division of zero, an overflow under mixed "
+                f"precision); fix the network, not the data or the teacher."
+            )
     return (
         "The inputs, the teacher's outputs and the student's weights are finite: a term overflowed; lower the "
         "learning rate, clip gradients (trainer.gradient_clip_val), or check the term's inputs (e.g. a temperature or "

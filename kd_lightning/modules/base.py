@@ -26,7 +26,7 @@ from torch.nn import ModuleDict
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.core.batch import Batch, Inputs, parse_parts
-from kd_lightning.core.networks import check_not_wrapped, require_network
+from kd_lightning.core.networks import check_not_wrapped, pretrained_source, require_network
 from kd_lightning.core.objective import DistillTerm, Objective, missing_labels_error, total_loss
 from kd_lightning.core.taps import HIDDEN, LOGITS, FeatureTap
 from kd_lightning.core.tokens import Targets, is_causal_lm, window_normalizers
@@ -160,6 +160,17 @@ class DistillationModule(L.LightningModule):
     def networks(self) -> dict[str, nn.Module]:
         """The networks of this module by name (what ``compile`` can name): the student and the teacher's."""
         return {"student": self.student, **(self.teacher.networks() if self.teacher is not None else {})}
+
+    def files_read(self) -> dict[str, str]:
+        """Every file this module reads, with what it is: the teacher source's (its weights) and any network's weights
+        loaded from a file or a pretrained folder. No output of the run may replace one of them
+        (:mod:`kd_lightning.files.outputs`)."""
+        files = dict(self.teacher.files_read()) if self.teacher is not None else {}
+        for name, network in self.named_modules():
+            source = pretrained_source(network)
+            if source and Path(source).exists():
+                files.setdefault(source, f"the weights of {name or type(self).__name__}")
+        return files
 
     def deployables(self, example_input: Inputs | None = None) -> list[Deployable]:
         """The networks the report measures and the export can write, references first, the deployed student last.

@@ -91,6 +91,10 @@ class TeacherSource(nn.Module):
         """``teacher ResNet (weights: path)``: the source as named in messages."""
         return f"teacher {type(self).__name__}"
 
+    def files_read(self) -> dict[str, str]:
+        """Files the source reads, with what each is to the run (no output of the run may replace them)."""
+        return {}
+
     def member_names(self) -> list[str]:
         """Names of the teachers of a source that combines several (an ensemble), else ``[]``."""
         return []

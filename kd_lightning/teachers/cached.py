@@ -81,6 +81,9 @@ class CachedTeacher(TeacherSource):
     def describe(self) -> str:
         return f"{self.live.describe()}, cached in {self.cache.directory}"
 
+    def files_read(self) -> dict[str, str]:
+        return self.live.files_read()
+
     # ----------------------------------------------------------------- the fit
     def setup(self, module: Any, stage: str) -> None:
         """The live teacher's setup; before a fit, the training dataset made to yield the stored views with indices

@@ -149,6 +149,13 @@ class TeacherEnsemble(TeacherSource):
         prints = [member.fingerprint() for member in self.members.values()]
         return hashlib.sha256("".join(p or "" for p in prints).encode()).hexdigest()
 
+    def files_read(self) -> dict[str, str]:
+        return {
+            path: f"{what} of ensemble member {name!r}"
+            for name, member in self.members.items()
+            for path, what in member.files_read().items()
+        }
+
     def describe(self) -> str:
         return "teacher ensemble of " + ", ".join(f"{name}: {m.describe()}" for name, m in self.members.items())
 

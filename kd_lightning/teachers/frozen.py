@@ -59,6 +59,22 @@ def teacher_dtype(name: str | None) -> torch.dtype | None:
     return None if name == "float32" else TEACHER_DTYPES[name]
 
 
+def network_settings(network: nn.Module) -> list[list[Any]]:
+    """Every plain public attribute (number, string, flag, tuple of them) of every submodule: ``[[path, name, value]]``.
+
+    What a forward may depend on besides the weights (a temperature, a flag), for a teacher cache's key.
+    """
+    plain = (bool, int, float, str, type(None))
+    settings = []
+    for path, module in network.named_modules():
+        for name, value in sorted(vars(module).items()):
+            if name.startswith("_") or name == "training":
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                settings.append([path, name, list(value) if isinstance(value, tuple) else value])
+    return settings
+
+
 def chance_threshold(num_classes: int, count: int) -> float:
     """Accuracy that a network guessing uniformly exceeds with probability ~0.1%: ``p + 3 sqrt(p (1 - p) / n)``."""
     chance = 1.0 / max(num_classes, 1)
@@ -140,6 +156,7 @@ class FrozenTeacher(TeacherSource):
             "weights": self.fingerprint(),
             "class": f"{type(self.network).__module__}.{type(self.network).__qualname__}",
             "network": repr(self.network),
+            "settings": network_settings(self.network),
             "dtype": str(self.dtype),
             "renormalize": renormalize,
         }
@@ -156,6 +173,9 @@ class FrozenTeacher(TeacherSource):
         return f"teacher {type(self.network).__name__} ({where})"
 
     # ----------------------------------------------------------------- input statistics
+    def files_read(self) -> dict[str, str]:
+        return {self.weights: "the teacher's weights (teacher_weights)"} if self.weights else {}
+
     def set_student_normalization(self, stats: tuple[Sequence[float], Sequence[float]]) -> None:
         """Build the teacher's input re-normalisation from the student's ``(mean, std)``."""
         check_same_scale(stats, self.teacher_stats)

@@ -248,3 +248,20 @@ def test_a_custom_loss_module_is_accepted_and_finite():
 
 def test_kd_loss_module_remains_the_default_term():
     assert isinstance(offline().objective.terms[0].loss, KDLoss)
+
+
+class NaNInTraining(DigitsMLP):
+    """A student whose forward is NaN in train mode only (finite in the dry run and in validation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return logits * float("nan") if self.training else logits
+
+
+def test_a_fit_whose_every_step_is_skipped_fails_and_names_the_student(tmp_path, recwarn):
+    module = OfflineDistillation(NaNInTraining(hidden=(16,)), DigitsCNN(width=32), TEACHER_WEIGHTS, on_nonfinite="skip")
+    trainer = fast_trainer(tmp_path, limit_train_batches=3, limit_val_batches=1)
+    with pytest.raises(NonFiniteLossError, match=r"every training step of this fit so far was skipped \(3"):
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    skipped = [str(w.message) for w in recwarn if "Skipped, as set by" in str(w.message)]
+    assert len(skipped) == 3 and "The student NaNInTraining gives" in skipped[0] and "fix the network" in skipped[0]

@@ -292,3 +292,49 @@ def test_two_ddp_processes_share_one_build(tmp_path):
         assert torch.allclose(
             stored, run.module.teacher.live.network(images), atol=1e-5
         )  # every row written, by either process
+
+
+class TemperedCNN(DigitsCNN):
+    """The digits CNN whose logits are divided by a setting: same weights, other outputs when it changes."""
+
+    def __init__(self, width: int = 32, temperature: float = 1.0) -> None:
+        super().__init__(width=width)
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / self.temperature
+
+
+def test_a_changed_teacher_setting_with_the_same_weights_rebuilds(tmp_path, capsys, one_torch_thread):
+    directory = tmp_path / "cache"
+    fit(lambda: make_module(TeacherCache(directory), teacher=TemperedCNN(temperature=1.0)), tmp_path, epochs=1)
+    capsys.readouterr()
+    changed = TeacherCache(directory)
+    fit(lambda: make_module(changed, teacher=TemperedCNN(temperature=4.0)), tmp_path, epochs=1)
+    assert changed.build_seconds is not None and "teacher's weights or settings" in capsys.readouterr().out
+
+
+class Shifted(DigitsCNN):
+    """A forward that depends on something the key cannot see (a class attribute read at call time)."""
+
+    shift = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + type(self).shift
+
+
+def test_opening_a_cache_spot_checks_it_against_the_live_teacher(tmp_path, capsys, one_torch_thread):
+    directory = tmp_path / "cache"
+    fit(lambda: make_module(TeacherCache(directory, dtype="float32"), teacher=Shifted()), tmp_path, epochs=1)
+    reused = TeacherCache(directory, dtype="float32")
+    fit(lambda: make_module(reused, teacher=Shifted()), tmp_path, epochs=1)
+    assert reused.build_seconds is None  # the same teacher: the stored logits pass the spot check
+    capsys.readouterr()
+    Shifted.shift = 9.0
+    try:
+        rebuilt = TeacherCache(directory, dtype="float32")
+        fit(lambda: make_module(rebuilt, teacher=Shifted()), tmp_path, epochs=1)
+    finally:
+        Shifted.shift = 0.0
+    out = capsys.readouterr().out
+    assert rebuilt.build_seconds is not None and "differ from the live teacher's by up to 9" in out

@@ -19,12 +19,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 
+from kd_lightning.callbacks.outputs import PlannedOutput, check_run_outputs
 from kd_lightning.callbacks.report import render as report_render
 from kd_lightning.callbacks.report.headline import headline
 from kd_lightning.callbacks.report.measure import SIZE_METHOD, batch_of, cpu_inputs, measure_network
 from kd_lightning.core.batch import Inputs, parse_parts
 from kd_lightning.core.networks import count_parameters
 from kd_lightning.files import atomic_write
+from kd_lightning.files.outputs import is_report
 
 FIELDS = ("acc", "ppl", "agreement", "kl", "cosine")
 """Test metrics of a network in the report (``None`` where they do not apply)."""
@@ -141,6 +143,18 @@ class DistillationReport(L.Callback):
         self._example: Inputs | None = None
 
     # ----------------------------------------------------------------- hooks
+    def files_read(self) -> dict[str, str]:
+        """The ``student_alone`` report this run compares with (no output may replace it)."""
+        return {self.student_alone: "the student_alone report"} if self.student_alone else {}
+
+    def planned_outputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PlannedOutput]:
+        """``path``: the report's JSON copy (an existing file must be a distillation report)."""
+        return [(self.path, "this run's report", "DistillationReport.path", is_report)] if self.path else []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before anything runs: the report's file replaces nothing good (the ``student_alone`` it reads above all)."""
+        check_run_outputs(self, trainer, pl_module)
+
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._example = None
 
