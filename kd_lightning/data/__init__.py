@@ -1,4 +1,8 @@
-"""LightningDataModules (images and text), and the resumable training loaders they share with user datamodules."""
+"""LightningDataModules (images and text), and the resumable training loaders they share with user datamodules; they
+know no method.
+
+May import: ``kd_lightning.losses``, ``core``, ``files``, ``models``.
+"""
 
 from kd_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from kd_lightning.data.corpus import python_help_corpus, train_bpe_tokenizer

@@ -4,6 +4,8 @@ token-level logit losses (language models) and hidden-state losses between trans
 Each loss is a function holding the maths plus a :class:`DistillationLoss` module holding its hyperparameters (and
 adapters), with ``forward(student, teacher, target=None) -> scalar``. Scales follow the CRD-benchmark
 implementations (RepDistiller, mdistiller), so the published default weights (AT 1000, SP 3000, PKT 30000, ...) apply.
+
+May import: nothing else of the package (the bottom layer).
 """
 
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor

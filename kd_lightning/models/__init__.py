@@ -1,4 +1,8 @@
-"""Reference networks (``nn.Module``s returning logits): the 8x8-digits networks and the CIFAR benchmark zoo."""
+"""Plain networks and builders (``nn.Module``s returning logits): the 8x8-digits networks, the CIFAR benchmark zoo,
+timm/torchvision/Hugging Face builders, and students made from a teacher (shallow, quantized, layer copies).
+
+May import: ``kd_lightning.losses``, ``core``, ``files``.
+"""
 
 from kd_lightning.models.cifar import (
     CIFAR_NETWORKS,

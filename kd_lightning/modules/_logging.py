@@ -1,4 +1,4 @@
-"""Which training losses are logged on which step.
+"""Which training losses are logged on which step, and the one Lightning warning a frozen teacher silences.
 
 Lightning hands per-step values to the loggers only every ``log_every_n_steps`` steps, and one ``self.log`` costs
 about 0.4 ms on CPU (a third of a small model's step). So every loss component ``train/<name>`` is logged on those
@@ -9,8 +9,11 @@ steps, on the first and last batch of every epoch and on the fit's last step (wh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
+
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from kd_lightning.modules import _lightning
 
@@ -47,3 +50,22 @@ def keys_to_log(module: Any, values: Mapping[str, Any], batch_idx: int) -> tuple
     all_keys = every_step is None or is_logged_step(module.trainer, batch_idx)
     shown = every_step is None or "train/loss" in every_step
     return [key for key in values if all_keys or key in every_step], shown
+
+
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+"""Lightning's warning (``fit_loop.on_run_start``) about modules in eval mode: a frozen teacher is, on purpose."""
+
+
+def silence_eval_mode_warning() -> tuple:
+    """Ignore :data:`EVAL_MODE_WARNING` until :func:`restore_warnings` removes this one filter (not the caller's)."""
+    warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+    return warnings.filters[0]
+
+
+def restore_warnings(entry: tuple | None) -> None:
+    """Remove the filter :func:`silence_eval_mode_warning` added (if it is still there); other filters are kept."""
+    if entry is not None and entry in warnings.filters:
+        warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls: forget cached decisions
+        if callable(mutated):
+            mutated()

@@ -20,7 +20,6 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.parsing import collect_init_args
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.nn import ModuleDict
 from torchmetrics.classification import MulticlassAccuracy
@@ -57,7 +56,6 @@ SHARED_ARGUMENTS = (
     "channels_last",
 )
 """The settings every mode forwards to :class:`DistillationModule` (``**kwargs`` in the modes' signatures)."""
-EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 def accuracy_metrics(names: Sequence[str], num_classes: int) -> ModuleDict:
@@ -380,10 +378,10 @@ class DistillationModule(L.LightningModule):
         self.train()
         frozen = {id(module) for network in self._teacher_networks() for module in network.modules()}
         eval_modules = [module for module in self.modules() if not module.training]
+        _logging.restore_warnings(getattr(self, "_silenced", None))  # a filter a failed fit left behind
+        self._silenced = None
         if eval_modules and all(id(module) in frozen for module in eval_modules):
-            self._warning_scope = warnings.catch_warnings()
-            self._warning_scope.__enter__()
-            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+            self._silenced = _logging.silence_eval_mode_warning()  # removed once the warning's moment has passed
         if self.teacher is not None:
             self.teacher.on_fit_start(self)
 
@@ -392,6 +390,8 @@ class DistillationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Resume: re-apply the saved run state. Then check every trainable parameter is in an optimizer."""
+        _logging.restore_warnings(getattr(self, "_silenced", None))  # Lightning warned (or not) just before
+        self._silenced = None
         state, self._pending_run_state = getattr(self, "_pending_run_state", None), None
         if state:
             _run_state.restore(self.trainer, state)
@@ -421,13 +421,11 @@ class DistillationModule(L.LightningModule):
         _nonfinite.check_some_step_taken(self, getattr(self, "_steps_taken", 0))
 
     def teardown(self, stage: str) -> None:
-        """The teacher source's teardown; the eval-mode warning filter of the fit removed."""
+        """The teacher source's teardown; the eval-mode warning filter removed if the fit ended before training."""
         if self.teacher is not None:
             self.teacher.teardown(self, stage)
-        scope = getattr(self, "_warning_scope", None)
-        if scope is not None and stage == "fit":
-            self._warning_scope = None
-            scope.__exit__(None, None, None)
+        _logging.restore_warnings(getattr(self, "_silenced", None))
+        self._silenced = None
         super().teardown(stage)
 
     def check_optimized(self, expected: set[int] | None = None) -> set[int]:

@@ -141,7 +141,11 @@ class TeacherCache:
 
     # ----------------------------------------------------------------- dataset
     def prepare_dataset(self, dataset: Dataset) -> None:
-        """Make the training dataset yield the stored views and the sample index (before its loader iterates)."""
+        """Make the training dataset yield the stored views and the sample index (before its loader iterates).
+
+        The dataset's own ``views`` and ``return_index`` are given back by :meth:`release_dataset` when the fit ends
+        (and before a later fit, should one have failed before its end)."""
+        self.release_dataset()
         if len(dataset) and isinstance(dataset[0], Mapping):
             raise TeacherCacheError(
                 f"the teacher cache stores the teacher's outputs for (x, y, index) samples but "

@@ -155,11 +155,20 @@ def test_agreement_and_kl_match_a_direct_computation(tmp_path):
     assert results["test/teacher_acc"] == pytest.approx(float((teacher.argmax(-1) == y).float().mean()), abs=1e-6)
 
 
-def test_eval_mode_warning_is_silenced_only_for_the_teacher(tmp_path):
+def test_eval_mode_warning_is_silenced_only_for_the_teacher_and_only_during_the_fit(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        filters = list(warnings.filters)
         fast_trainer(tmp_path, max_steps=1).fit(make_module(), datamodule=DigitsDataModule(batch_size=32))
+        assert warnings.filters == filters, "the fit left a warning filter behind"
     assert not [w for w in caught if "in eval mode at the start of training" in str(w.message)]
+    frozen_student = make_module()
+    frozen_student.student.layer1.eval()  # a module in eval mode that is not a teacher's: Lightning warns
+    frozen_student.student.layer1.train = lambda mode=True: frozen_student.student.layer1  # it stays in eval mode
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast_trainer(tmp_path, max_steps=1).fit(frozen_student, datamodule=DigitsDataModule(batch_size=32))
+    assert [w for w in caught if "in eval mode at the start of training" in str(w.message)]
 
 
 def test_bf16_mixed_precision_fit(tmp_path):
