@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -241,8 +242,8 @@ class ExportStudent(TrainedWeightsExport):
         if stage != "fit":
             return
         check_run_outputs(self, trainer, pl_module)
-        if set(self.formats) - {"safetensors"}:
-            example_inputs(pl_module)  # dict (text) batches: refused here, not after the fit
+        if set(self.formats) - {"safetensors"} and training_loader(trainer, pl_module) is not None:
+            example_inputs(trainer, pl_module)  # dict (text) batches: refused here, not after the fit
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -260,7 +261,7 @@ class ExportStudent(TrainedWeightsExport):
             if existing is not None:
                 rank_zero_info(f"ExportStudent: replacing {target} ({existing})")
         files = export_network(
-            network, folder, example_inputs(pl_module), self.formats, opset=self.opset, log=rank_zero_info
+            network, folder, example_inputs(trainer, pl_module), self.formats, opset=self.opset, log=rank_zero_info
         )
         for file in files:
             rank_zero_info(
@@ -269,9 +270,18 @@ class ExportStudent(TrainedWeightsExport):
             )
 
 
-def example_inputs(pl_module: L.LightningModule) -> Tensor:
+def training_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
+    """The fit's training loader: the kd_lightning module's, the datamodule's, or the one the fit runs on."""
+    if callable(getattr(pl_module, "training_dataloader", None)):
+        return pl_module.training_dataloader()
+    if trainer.datamodule is not None:
+        return trainer.datamodule.train_dataloader()
+    return trainer.train_dataloader
+
+
+def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
     """The inputs of the fit's first training batch, on the CPU: what the exported files are checked on."""
-    loader = pl_module.training_dataloader()
+    loader = training_loader(trainer, pl_module)
     loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader
     inputs = next(iter(parse_parts(next(iter(loader))).values())).inputs
     if not isinstance(inputs, Tensor):
@@ -331,7 +341,7 @@ class ConvertQuantized(TrainedWeightsExport):
             return
         student = hookless_copy(pl_module.student).cpu().eval()
         student.load_state_dict(state_dict, strict=True)
-        written = write_int8(student, Path(self.path), example_inputs(pl_module))
+        written = write_int8(student, Path(self.path), example_inputs(trainer, pl_module))
         self.size = written.size
         rank_zero_info(
             f"ConvertQuantized: wrote the int8 student ({source}) to {self.path} ({self.size / 1000:.1f} kB, max abs "

@@ -2,9 +2,10 @@
 
 Checkpoints record class paths (``hyper_parameters`` written by the CLI, the module class in
 ``checkpoint["kd_lightning"]``) and users' configs name them in ``class_path``; both keep working after a module
-moved: :func:`install` puts a finder on ``sys.meta_path`` that answers an old module path with the new module object
-(``import kd_lightning.cache`` gives ``kd_lightning.teachers.cache_store``), so every name defined there resolves under
-the old path too. :func:`current_path` rewrites a dotted class path the same way, for comparisons.
+moved: :func:`install` puts a finder on ``sys.meta_path`` that answers an old module path with a module whose names
+resolve to the objects where they live now (``from kd_lightning.cache import TeacherCache`` gives
+``kd_lightning.teachers.cache_store.TeacherCache``; ``from kd_lightning.teacher import freeze`` gives
+``kd_lightning.core.networks.freeze``). :func:`current_path` rewrites a dotted class path the same way, for comparisons.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
+from typing import Any
 
 MOVED_MODULES: dict[str, str] = {
     "kd_lightning.batches": "kd_lightning.core.batch",
@@ -36,7 +38,7 @@ MOVED_MODULES: dict[str, str] = {
     "kd_lightning.modules.restore": "kd_lightning.modules._checkpoints",
     "kd_lightning.modules.evaluation": "kd_lightning.modules._evaluation",
     "kd_lightning.modules.performance": "kd_lightning.modules._performance",
-    "kd_lightning.modules.sequences": "kd_lightning.modules._sequences",
+    "kd_lightning.modules.sequences": "kd_lightning.core.tokens",
     "kd_lightning.callbacks.report_render": "kd_lightning.callbacks.report.render",
     "kd_lightning.callbacks.headline": "kd_lightning.callbacks.report.headline",
     "kd_lightning.callbacks.measure": "kd_lightning.callbacks.report.measure",
@@ -48,7 +50,21 @@ MOVED_NAMES: dict[str, str] = {
     "kd_lightning.modules.EMATeacher": "kd_lightning.teachers.temporal.EMATeacher",
     "kd_lightning.modules.SnapshotTeacher": "kd_lightning.teachers.temporal.SnapshotTeacher",
     "kd_lightning.modules.PSKDTeacher": "kd_lightning.teachers.temporal.PSKDTeacher",
-    "kd_lightning.modules.TemporalTeacher": "kd_lightning.teachers.temporal.StudentCopy",
+    "kd_lightning.modules.TemporalTeacher": "kd_lightning.teachers.base.TeacherSource",
+    "kd_lightning.modules.temporal.TemporalTeacher": "kd_lightning.teachers.base.TeacherSource",
+    "kd_lightning.modules.temporal.hookless_copy": "kd_lightning.core.networks.hookless_copy",
+    "kd_lightning.teacher.freeze": "kd_lightning.core.networks.freeze",
+    "kd_lightning.teacher.count_parameters": "kd_lightning.core.networks.count_parameters",
+    "kd_lightning.teacher.fingerprint": "kd_lightning.files.weights.state_digest",
+    "kd_lightning.modules.restore.fingerprint": "kd_lightning.files.weights.state_digest",
+    "kd_lightning.modules.checks.NonFiniteLossError": "kd_lightning.modules._nonfinite.NonFiniteLossError",
+    "kd_lightning.modules.checks.describe_nonfinite": "kd_lightning.modules._nonfinite.describe_nonfinite",
+    "kd_lightning.modules.performance.check_not_wrapped": "kd_lightning.core.networks.check_not_wrapped",
+    "kd_lightning.modules.performance.teacher_dtype": "kd_lightning.teachers.frozen.teacher_dtype",
+    "kd_lightning.modules.self_distillation.BYOTExits": "kd_lightning.modules.exits.BYOTExits",
+    "kd_lightning.files.atomic_write": "kd_lightning.files.write.atomic_write",
+    "kd_lightning.callbacks.quantize.ConvertQuantized": "kd_lightning.callbacks.export.ConvertQuantized",
+    "kd_lightning.callbacks.export.fingerprint": "kd_lightning.callbacks.export.weight_sums",
 }
 """Old ``module.Name`` -> new ``module.Name``, for names that changed module on their own."""
 
@@ -70,8 +86,33 @@ def current_path(dotted: str) -> str:
     return dotted
 
 
+def _resolve(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class _MovedModule(ModuleType):
+    """An old module path: every name resolves to the object now holding it (its new module, or where the name itself
+    moved, :data:`MOVED_NAMES`); the objects are the same, not copies."""
+
+    def __getattr__(self, name: str) -> Any:
+        moved = MOVED_NAMES.get(f"{self.__name__}.{name}")
+        if moved is not None:
+            return _resolve(moved)
+        target = importlib.import_module(MOVED_MODULES[self.__name__])
+        try:
+            return getattr(target, name)
+        except AttributeError:
+            raise AttributeError(
+                f"{self.__name__} moved to {target.__name__}, which has no {name!r} (see CHANGELOG.md)"
+            ) from None
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(importlib.import_module(MOVED_MODULES[self.__name__]))))
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers an old module path with the module now holding its code (the same object, not a copy)."""
+    """Answers an old module path with a module whose names resolve to where they live now."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec:
         if fullname not in MOVED_MODULES:
@@ -79,10 +120,10 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        return importlib.import_module(MOVED_MODULES[spec.name])
+        return _MovedModule(spec.name, f"Moved to {MOVED_MODULES[spec.name]}.")
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module was imported under its own path."""
+        """Nothing to run: names resolve on access."""
 
 
 def install() -> None:

@@ -38,7 +38,7 @@ class TokenLoss(DistillationLoss):
     (``token_kind = "hidden"``), aligned position by position; ``mask`` ``[B, L]`` (bool) selects the positions that
     count. The loss is ``sum over selected positions of the per-token loss / num_tokens``; ``num_tokens`` defaults to
     the number of selected positions. The Lightning modules choose ``mask`` from the batch by :attr:`positions` (see
-    :mod:`kd_lightning.tokens`: labelled tokens, real tokens, the causal shift; by default ``"real"``, every real
+    :mod:`kd_lightning.core.tokens`: labelled tokens, real tokens, the causal shift; by default ``"real"``, every real
     token, DistilBERT's convention) and pass as ``num_tokens`` the effective batch's share of tokens, so the loss
     stays a mean per real token under padding, gradient accumulation and DDP. The loss itself never shifts: for a
     causal LM the mask already excludes the last position.

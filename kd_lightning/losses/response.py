@@ -2,7 +2,7 @@
 
 Every function takes raw logits, treats the teacher as a constant target (it is detached), computes in float32 and
 returns an unweighted scalar; the weight lives in the caller's ``DistillTerm``. Each loss follows the scale of a
-reference implementation, so the published weight (REFERENCES.md) means what the paper's table meant.
+reference implementation, so the published weight (the docs' knowledge guide) means what the paper's table meant.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Every function takes logits ``[B, L, V]`` of the two models at the same token po
 constant target (it is detached), and returns a float32 scalar: the sum of the per-token loss over the positions
 selected by ``mask`` ``[B, L]``, divided by ``num_tokens`` (by default the number of selected positions, at least 1, so
 an empty mask gives an exact 0 with a zero gradient). The Lightning modules pass as ``num_tokens`` the effective batch's
-share of real tokens (:mod:`kd_lightning.tokens`), so padding, gradient accumulation and DDP give the loss of one big
-batch. The losses never shift: for a causal LM the mask already leaves out the last position.
+share of real tokens (:mod:`kd_lightning.core.tokens`), so padding, gradient accumulation and DDP give the loss of one
+big batch. The losses never shift: for a causal LM the mask already leaves out the last position.
 
 The KL-family losses (forward, reverse, generalized JSD, skew, skew reverse) are multiplied by ``T**2``, as Hinton's
 KD and DistilBERT's ``loss_ce * T**2``, so their gradients keep their scale across temperatures (at ``T = 1``, the
@@ -29,12 +29,12 @@ JSD mixtures and the total variation stay finite). Logits may not be ``+inf`` or
 needs a finite logit in each model (softmax over no entry is NaN).
 
 Which positions count: the modules' ``positions`` tells the Lightning objective which token positions to pass as
-``mask`` (the rules live in :mod:`kd_lightning.tokens`). The default, ``"real"``, distils on every real (non-padding)
-token: DistilBERT's convention, whose distiller computes its KL on every attention-masked token and restricts it to
-the MLM-masked positions only when asked (``--restrict_ce_to_mask``). ``"labelled"`` reads only the positions that
-carry a label (that restriction for an MLM batch; the completion tokens of a prompt-completion batch whose prompt
-labels are ``-100``, as TRL's GKD); ``"auto"`` reads the labelled positions when the batch has labels and every real
-token otherwise.
+``mask`` (the rules live in :mod:`kd_lightning.core.tokens`). The default, ``"real"``, distils on every real
+(non-padding) token: DistilBERT's convention, whose distiller computes its KL on every attention-masked token and
+restricts it to the MLM-masked positions only when asked (``--restrict_ce_to_mask``). ``"labelled"`` reads only the
+positions that carry a label (that restriction for an MLM batch; the completion tokens of a prompt-completion batch
+whose prompt labels are ``-100``, as TRL's GKD); ``"auto"`` reads the labelled positions when the batch has labels and
+every real token otherwise.
 """
 
 from __future__ import annotations
@@ -552,7 +552,7 @@ def token_cross_entropy(
 
     Devlin et al. 2019 (BERT's masked-LM loss) and Radford et al. 2019 (GPT-2's causal-LM loss), as Hugging Face's
     ``ForMaskedLMLoss`` / ``ForCausalLMLoss`` but without their shift: ``labels`` are already aligned with the logits
-    (for a causal LM, label ``t`` is the token at ``t + 1``; :meth:`kd_lightning.tokens.TokenTargets.aligned_labels`).
+    (for a causal LM, label ``t`` is the token at ``t + 1``; :meth:`kd_lightning.core.tokens.Targets.aligned_labels`).
 
     ``1 / num_tokens * sum_{(b, l) selected} -log softmax(logits[b, l])[labels[b, l]]`` (with ``label_smoothing``,
     torch's smoothed cross-entropy per token), where the selected positions have ``labels != -100`` and ``mask``
@@ -658,7 +658,7 @@ class ForwardKLLoss(_TokenLogitLoss):
     Args:
         temperature: softmax temperature ``T > 0`` (DistilBERT: 2).
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.
@@ -677,7 +677,7 @@ class ReverseKLLoss(_TokenLogitLoss):
     Args:
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.
@@ -697,7 +697,7 @@ class GeneralizedJSDLoss(_TokenLogitLoss):
         beta: mixture weight of the teacher, in ``[0, 1]``; 0 is forward KL, 1 reverse KL.
         temperature: softmax temperature ``T > 0`` (TRL's loss runs at 1).
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.
@@ -747,7 +747,7 @@ class SkewKLLoss(_SkewLoss):
         skew: the teacher's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.
@@ -767,7 +767,7 @@ class SkewReverseKLLoss(_SkewLoss):
         skew: the student's weight ``lambda`` in the mixture, in ``[0, 1)`` (DistiLLM's 0.1).
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.
@@ -786,7 +786,7 @@ class TVDLoss(_TokenLogitLoss):
     Args:
         temperature: softmax temperature ``T > 0``.
         chunk_size: positions upcast to float32 at a time, ``>= 1``; ``None``: one chunk.
-        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.tokens`): ``"real"``
+        positions: the token positions the Lightning objective reads (:mod:`kd_lightning.core.tokens`): ``"real"``
             (default) every real token, DistilBERT's convention; ``"labelled"`` only the labelled tokens (DistilBERT's
             opt-in ``--restrict_ce_to_mask``, TRL GKD's completion tokens); ``"auto"`` the labelled tokens when the
             batch has labels, else every real token.

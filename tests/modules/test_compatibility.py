@@ -76,6 +76,14 @@ def test_old_import_paths_resolve_to_the_moved_code():
 
     assert TeacherCache is kd_lightning.TeacherCache and EMATeacher is kd_lightning.EMATeacher
     assert load_weights is kd_lightning.load_weights
+    from kd_lightning.callbacks.quantize import ConvertQuantized
+    from kd_lightning.modules.checks import NonFiniteLossError
+    from kd_lightning.teacher import count_parameters, freeze
+
+    assert ConvertQuantized is kd_lightning.ConvertQuantized and NonFiniteLossError is kd_lightning.NonFiniteLossError
+    assert freeze is kd_lightning.freeze and count_parameters(kd_lightning.DigitsMLP()) > 0
+    with pytest.raises(ImportError, match="cannot import name 'nothing_of_that_name'"):
+        from kd_lightning.cache import nothing_of_that_name  # noqa: F401
     assert current_path("kd_lightning.modules.temporal.PSKDTeacher") == "kd_lightning.teachers.temporal.PSKDTeacher"
 
 

@@ -1,6 +1,7 @@
 """``DistillationReport``: at the end of test, teacher and student side by side — the evidence for deploying one.
 
-For every network of the run (see :mod:`~kd_lightning.callbacks.report.networks`: teacher and student, every peer,
+For every network of the run (the module's :meth:`~kd_lightning.modules.DistillationModule.deployables`: teacher and
+student, every peer,
 every early exit) it gathers the parameters, the size on disk and the CPU latency and throughput
 (:func:`~kd_lightning.callbacks.report.measure.measure_network`) and the test metrics the module logged, then adds the
 headline (:mod:`~kd_lightning.callbacks.report.headline`) and renders it all
