@@ -46,26 +46,33 @@ class LazyAdapter(nn.Module):
         self.factory = factory
         self.net: nn.Module | None = None
         self.register_buffer("shapes", torch.zeros(0, dtype=torch.long))
+        self._built_for: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the shapes, on the host
 
     @property
     def is_built(self) -> bool:
         return self.net is not None
 
     def build(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], device: torch.device | None = None):
-        """Create the network for these per-sample shapes (no-op when already built for the same shapes)."""
-        code = _encode_shapes(tuple(student_shape), tuple(teacher_shape))
+        """Create the network for these per-sample shapes (no-op when already built for the same shapes).
+
+        Once built, the check compares Python tuples: no read of a device tensor at every call.
+        """
+        shapes = (tuple(student_shape), tuple(teacher_shape))
         if self.net is not None:
-            if not torch.equal(self.shapes.cpu(), code):
-                built_s, built_t = _decode_shapes(self.shapes.cpu())
+            if self._built_for is None:  # built by an earlier release's code path: read the buffer once
+                self._built_for = _decode_shapes(self.shapes.cpu())
+            if self._built_for != shapes:
+                built_s, built_t = self._built_for
                 raise ValueError(
                     f"adapter was built for student {built_s} -> teacher {built_t} but got student "
                     f"{tuple(student_shape)} -> teacher {tuple(teacher_shape)}; use one loss instance per layer pair."
                 )
             return
         device = device if device is not None else self.shapes.device
-        self.net = self.factory(tuple(student_shape), tuple(teacher_shape)).to(device)
+        self.net = self.factory(*shapes).to(device)
         self.net.train(self.training)
-        self.shapes = code.to(device)
+        self.shapes = _encode_shapes(*shapes).to(device)
+        self._built_for = shapes
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         """Map ``student`` (``[B, *S]``) to the teacher's shape ``[B, *T]`` (``teacher`` only supplies the shape)."""

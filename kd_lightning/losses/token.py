@@ -119,45 +119,60 @@ def _check_pair(student: Tensor, teacher: Tensor, loss: str) -> None:
         )
 
 
-def _rows(mask: Tensor | None, shape: torch.Size, device: torch.device, loss: str) -> Tensor:
-    """Indices ``[n]`` of the selected positions among the flattened ``[B * L]`` positions (all when no mask)."""
+def _row_mask(mask: Tensor | None, shape: torch.Size, device: torch.device, loss: str) -> Tensor | None:
+    """The selected positions as a flat bool mask ``[B * L]`` (``None``: every position)."""
     if mask is None:
-        return torch.arange(shape[0] * shape[1], device=device)
+        return None
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(
             f"{loss} expected a mask of shape [B, L] = {tuple(shape)} but got {tuple(mask.shape)}; pass one boolean "
             f"per token position of the logits (True = counted), or mask=None to count every position."
         )
-    return mask.to(device=device, dtype=torch.bool).flatten().nonzero().squeeze(1)
+    return mask.to(device=device, dtype=torch.bool).flatten()
 
 
 # ---------------------------------------------------------------- chunked sum over token positions
 
 
-def _chunk_loss(rows_loss: RowsLoss, first: Tensor, second: Tensor, index: Tensor) -> Tensor:
-    """Gather one chunk of rows (in the inputs' dtype) and return the sum of its per-token losses."""
-    return rows_loss(first.index_select(0, index), second.index_select(0, index))
+def _chunk_loss(rows_loss: RowsLoss, first: Tensor, second: Tensor, keep: Tensor | None) -> Tensor:
+    """The sum of one chunk's per-token losses; rows outside ``keep`` count 0.
+
+    An unselected row is neutralised before the maths, never masked after it: its logits become zeros on both sides
+    (two equal distributions: every KL-family loss and the TVD are exactly 0, with a zero gradient) and its label
+    becomes ``-100`` (ignored by the cross-entropy). So a padded position holding NaN or ``-inf`` logits reaches
+    neither the value nor the gradient.
+    """
+    if keep is not None:
+        first = first.masked_fill(~keep[:, None], 0)
+        second = second.masked_fill(~keep, IGNORE_INDEX) if second.ndim == 1 else second.masked_fill(~keep[:, None], 0)
+    return rows_loss(first, second)
 
 
-def _sum_over_rows(rows_loss: RowsLoss, first: Tensor, second: Tensor, rows: Tensor, chunk_size: int | None) -> Tensor:
-    """Sum of ``rows_loss`` over the rows ``rows`` of ``first`` / ``second``, ``chunk_size`` rows at a time.
+def _sum_over_rows(
+    rows_loss: RowsLoss, first: Tensor, second: Tensor, keep: Tensor | None, chunk_size: int | None
+) -> Tensor:
+    """Sum of ``rows_loss`` over the rows of ``first`` / ``second`` selected by ``keep``, ``chunk_size`` rows at a time.
 
-    Under autograd, when there is more than one chunk, each chunk is checkpointed: only references to the inputs are
-    kept, and the chunk's float32 maths is recomputed in the backward pass (a single chunk is not: its backward would
-    recompute the same float32 tensors it saves, at the same peak). The sum starts from an empty slice of ``first``, so
-    an empty selection is a 0 that still belongs to the graph (its gradient is 0).
+    Every row is visited and the unselected ones count 0 (:func:`_chunk_loss`): the selection is never read on the
+    host (no ``nonzero``), so a training step on a GPU does not wait for it; padded positions cost their share of the
+    per-token maths instead. Under autograd, when there is more than one chunk, each chunk is checkpointed: only
+    references to the inputs are kept, and the chunk's float32 maths is recomputed in the backward pass (a single
+    chunk is not: its backward would recompute the same float32 tensors it saves, at the same peak). The sum starts
+    from an empty slice of ``first``, so no rows give a 0 that still belongs to the graph (its gradient is 0).
     """
     total = first[:0].float().sum()
-    step = rows.numel() if chunk_size is None else chunk_size
-    checkpointed = rows.numel() > step and torch.is_grad_enabled() and first.requires_grad
-    for start in range(0, rows.numel(), max(step, 1)):
-        index = rows[start : start + step]
+    rows = first.shape[0]
+    step = rows if chunk_size is None else chunk_size
+    checkpointed = rows > step and torch.is_grad_enabled() and first.requires_grad
+    for start in range(0, rows, max(step, 1)):
+        chunk = slice(start, start + step)
+        kept = None if keep is None else keep[chunk]
         if checkpointed:
             part = checkpoint(
-                _chunk_loss, rows_loss, first, second, index, use_reentrant=False, preserve_rng_state=False
+                _chunk_loss, rows_loss, first[chunk], second[chunk], kept, use_reentrant=False, preserve_rng_state=False
             )
         else:
-            part = _chunk_loss(rows_loss, first, second, index)
+            part = _chunk_loss(rows_loss, first[chunk], second[chunk], kept)
         total = total + part
     return total
 
@@ -172,11 +187,12 @@ def _token_loss(
     chunk_size: int | None,
     scale: float = 1.0,
 ) -> Tensor:
-    """Check the pair, select the positions, sum the per-token losses chunk by chunk, scale and normalise."""
+    """Check the pair, sum the per-token losses of the selected positions chunk by chunk, scale and normalise."""
     _check_pair(student, teacher, loss)
-    rows = _rows(mask, student.shape[:2], student.device, loss)
-    total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher.detach().flatten(0, 1), rows, chunk_size)
-    return total * scale / token_normaliser(num_tokens, rows.numel(), total, loss)
+    keep = _row_mask(mask, student.shape[:2], student.device, loss)
+    total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher.detach().flatten(0, 1), keep, chunk_size)
+    count = keep.sum() if keep is not None else student.shape[0] * student.shape[1]
+    return total * scale / token_normaliser(num_tokens, count, total, loss)
 
 
 # ---------------------------------------------------------------- per-chunk maths (float32, summed over rows)
@@ -588,12 +604,12 @@ def token_cross_entropy(
             f"{labels.dtype} tensor of shape {tuple(labels.shape)}; pass one token id per logit position (-100 = "
             f"ignored), already aligned with the logits (no shift)."
         )
-    rows = _rows(mask, labels.shape, logits.device, "token_cross_entropy")
+    keep = _row_mask(mask, labels.shape, logits.device, "token_cross_entropy")
     labels = labels.to(logits.device).flatten()
-    rows = rows[labels.index_select(0, rows) != IGNORE_INDEX]
+    keep = labels != IGNORE_INDEX if keep is None else keep & (labels != IGNORE_INDEX)
     rows_loss = partial(_cross_entropy_rows, label_smoothing=label_smoothing)
-    total = _sum_over_rows(rows_loss, logits.flatten(0, 1), labels, rows, chunk_size)
-    return total / token_normaliser(num_tokens, rows.numel(), total, "token_cross_entropy")
+    total = _sum_over_rows(rows_loss, logits.flatten(0, 1), labels, keep, chunk_size)
+    return total / token_normaliser(num_tokens, keep.sum(), total, "token_cross_entropy")
 
 
 # ---------------------------------------------------------------- modules
