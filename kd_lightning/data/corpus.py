@@ -51,6 +51,60 @@ def python_help_corpus() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
+BINARY_SIGNATURES = (
+    (b"\x1f\x8b", "a gzip archive: decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a zip archive (or a .docx/.xlsx document): extract or export its text"),
+    (b"%PDF", "a PDF document: extract its text first (e.g. pdftotext)"),
+    (b"\x89PNG", "a PNG image, not text"),
+    (b"\xff\xd8\xff", "a JPEG image, not text"),
+)
+"""File signatures that say what a file given as text really is."""
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_text_file(path: str | Path, field: str = "files") -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped), or a ``ValueError`` naming the file, the first
+    byte that is not UTF-8 and how to convert it.
+
+    Args:
+        path: the file.
+        field: the config field that lists it, for the message.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "latin1.txt"
+        >>> _ = path.write_bytes("café".encode("latin-1"))
+        >>> try:
+        ...     read_text_file(path)
+        ... except ValueError as error:
+        ...     print("byte 0xe9 at offset 3" in str(error))
+        True
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        start = data[: error.start]
+        line = start.count(b"\n") + 1
+        context = start[-30:].decode("utf-8", errors="replace").rsplit("\n", 1)[-1]
+        kind = next((what for signature, what in BINARY_SIGNATURES if data.startswith(signature)), None)
+        if kind is None and data.startswith(UTF16_MARKS):
+            kind = "UTF-16 text (a byte-order mark says so): convert it, e.g. iconv -f UTF-16 -t UTF-8"
+        if kind is None and b"\x00" in data[:1024]:
+            kind = "binary data, not text"
+        found = (
+            kind
+            if kind is not None
+            else f"probably text in another encoding (Latin-1 or Windows-1252: {bytes([data[error.start]])!r} is "
+            f"'{bytes([data[error.start]]).decode('cp1252', errors='replace')}' there): convert it, e.g. iconv -f "
+            f"WINDOWS-1252 -t UTF-8 {str(path)!r} > {Path(path).stem}.utf8.txt"
+        )
+        raise ValueError(
+            f"{field}: expected UTF-8 text but {str(path)!r} is not UTF-8: byte 0x{data[error.start]:02x} at offset "
+            f"{error.start} (line {line}, after {context!r}); the file is {found}; then list the UTF-8 copy in {field}."
+        ) from None
+
+
 def _paragraphs(text: str) -> list[str]:
     return [_WHITESPACE.sub(" ", block).strip() for block in _BLANK_LINE.split(text)]
 

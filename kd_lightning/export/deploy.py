@@ -189,8 +189,8 @@ def datamodule_inputs(checkpoint: Mapping[str, Any]) -> tuple[Tensor, str] | Non
     if not isinstance(inputs, Tensor):
         raise ValueError(
             f"expected the inputs of {cls.__name__}'s batches to be one tensor [B, ...] but got "
-            f"{type(inputs).__name__}; only networks called on one tensor export to TorchScript and ONNX here "
-            "(--formats safetensors writes any network)."
+            f"{type(inputs).__name__}; every export is checked by calling the network on one tensor: pass the shape "
+            "of one sample it takes as one tensor, e.g. --input-shape 3,224,224 (random inputs of that shape)."
         )
     return inputs.float() if not inputs.is_floating_point() else inputs, f"a test batch of {cls.__name__}"
 
@@ -199,6 +199,29 @@ def random_inputs(shape: Sequence[int], batch_size: int = RANDOM_BATCH) -> Tenso
     """Seeded standard-normal inputs ``[batch_size, *shape]`` (the same every call)."""
     generator = torch.Generator().manual_seed(0)
     return torch.randn((batch_size, *shape), generator=generator)
+
+
+def is_language_model(network: nn.Module) -> bool:
+    """Whether ``network`` takes token ids (a Hugging Face model, or a network whose first layer is an embedding)."""
+    if callable(getattr(network, "get_input_embeddings", None)):
+        return True
+    first = next((m for m in network.modules() if not list(m.children()) and any(True for _ in m.parameters())), None)
+    return isinstance(first, nn.Embedding)
+
+
+def language_model_error(network: nn.Module, path: str | Path, input_shape: Sequence[int] | None) -> ValueError:
+    """The error of exporting a language model: what it takes, and how to save it instead."""
+    given, drop = "", ""
+    if input_shape is not None:
+        given = f", not random float inputs of --input-shape {','.join(map(str, input_shape))} (an image shape)"
+        drop = " Drop --input-shape."
+    load = f"from kd_lightning.export.deploy import load_module; load_module({str(path)!r})"
+    return ValueError(
+        f"the student of {str(path)!r} is a language model ({type(network).__name__}): it takes token ids (input_ids "
+        f"[B, L] with an attention_mask){given}, and kd-lightning-export writes networks called on one float tensor "
+        f"(images).{drop} Save a language model as a Hugging Face folder instead, in Python: `{load}.student."
+        f"save_pretrained('DIR')` (from_pretrained reloads it), or keep its weights with the ExportWeights callback."
+    )
 
 
 def check_inputs_fit(network: nn.Module, inputs: Tensor, source: str) -> Tensor:

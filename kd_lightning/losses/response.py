@@ -19,6 +19,14 @@ __all__ = ["DISTLoss", "DKDLoss", "KDLoss", "LSKDLoss", "dist_loss", "dkd_loss",
 
 def _check_logits(student: Tensor, teacher: Tensor, loss: str) -> tuple[Tensor, Tensor]:
     """Validate ``[B, C]`` logits of equal shape; return them as float32 with the teacher detached."""
+    if student.ndim == 3 or teacher.ndim == 3:
+        role, tokens = ("student", student) if student.ndim == 3 else ("teacher", teacher)
+        raise ValueError(
+            f"{loss} expected a 2-d {role} tensor of class logits [B, C] but got token logits {tuple(tokens.shape)} "
+            f"[B, L, V] (a language model); use a token-level loss, which reads the real tokens of each sequence: "
+            f"kd_lightning.losses.ForwardKLLoss (Hinton's KD per token), ReverseKLLoss, GeneralizedJSDLoss, "
+            f"SkewKLLoss, TVDLoss."
+        )
     check_ndim(student, (2,), loss, "student")
     check_ndim(teacher, (2,), loss, "teacher")
     check_same_batch(student, teacher)

@@ -59,7 +59,7 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from kd_lightning.files import atomic_write
 from kd_lightning.models.cifar.resnet import BasicBlock, CifarResNet
-from kd_lightning.models.shallow import fresh_copy, probe_input
+from kd_lightning.models.shallow import fresh_copy, is_transformer, probe_input
 
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 DEPRECATION_MESSAGES = (
@@ -238,7 +238,9 @@ def quantized_copy(
             the first convolution's input channels at 32x32 (``[1, 8, 8]`` for the digits networks).
 
     Raises:
-        ValueError: an unknown backend, or a network whose forward cannot run in int8 once converted.
+        ValueError: an unknown backend, an ``input_shape`` that is not the ``[C, H, W]`` the network takes, or a
+            network whose forward cannot run in int8 once converted.
+        TypeError: a transformer (the eager int8 path converts convolutional and linear networks only).
 
     Example:
         >>> from kd_lightning.models import DigitsCNN
@@ -248,6 +250,14 @@ def quantized_copy(
     """
     if backend not in BACKENDS:
         raise ValueError(f"quantized_copy: expected backend one of {', '.join(BACKENDS)} but got {backend!r}.")
+    if isinstance(teacher, nn.Module) and is_transformer(teacher):
+        raise TypeError(
+            f"quantized_copy: {type(teacher).__name__} is a transformer (token embeddings, attention), which the eager "
+            f"int8 path does not support: torch.ao.quantization converts Conv/BatchNorm/ReLU/Linear/pooling networks "
+            f"(DigitsCNN, DigitsMLP, the CIFAR ResNets), and no input_shape changes that. Distil the transformer into "
+            f"a smaller one instead (kd_lightning.models.text.student_from_teacher or model_from_config), and quantize "
+            f"the trained model's Linear layers after the fit (torch.ao.quantization.quantize_dynamic)."
+        )
     network = fresh_copy(teacher, weights, "quantized_copy")
     name = type(network).__name__
     x = probe_input(network, input_shape)

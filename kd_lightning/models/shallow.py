@@ -66,21 +66,85 @@ def fresh_copy(teacher: nn.Module, weights: str | Path | None, what: str) -> nn.
     return network.train().requires_grad_(True)
 
 
+def first_convolution(network: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The network's first 2-d convolution (registration order: the stem comes first in every zoo), with its name."""
+    return next(((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def is_transformer(network: nn.Module) -> bool:
+    """Whether ``network`` is a transformer: a Hugging Face model (token embeddings), or any network with an
+    ``nn.Embedding``, ``nn.MultiheadAttention`` or a module whose class name says attention (a timm ViT's blocks)."""
+    if callable(getattr(network, "get_input_embeddings", None)):
+        return True
+    return any(
+        isinstance(m, (nn.Embedding, nn.MultiheadAttention)) or "Attention" in type(m).__name__
+        for m in network.modules()
+    )
+
+
+def check_input_shape(network: nn.Module, input_shape: Sequence[int], field: str = "input_shape") -> tuple[int, ...]:
+    """``input_shape`` as a tuple, or a ``ValueError`` when it is not the ``[C, H, W]`` of one sample that the
+    network's first convolution takes (e.g. ``[H, W]`` without the channels, or other channels).
+
+    Args:
+        network: the network the shape is for.
+        input_shape: the shape of one sample, without the batch dimension.
+        field: where the shape was given (``input_shape``, ``--input-shape``), for the message.
+
+    Example:
+        >>> from kd_lightning.models import DigitsCNN
+        >>> check_input_shape(DigitsCNN(width=4), [1, 8, 8])
+        (1, 8, 8)
+    """
+    shape = tuple(input_shape)
+    given = list(shape)
+    if not shape or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in shape):
+        raise ValueError(
+            f"{field}: expected positive integers, the shape of one input sample without the batch dimension "
+            f"([channels, height, width] for images), but got {given}."
+        )
+    found = first_convolution(network)
+    if found is None:
+        return shape
+
+    def shown(*sizes: object) -> str:  # a command line takes 1,8,8; YAML and Python [1, 8, 8]
+        return ",".join(map(str, sizes)) if field.startswith("--") else f"[{', '.join(map(str, sizes))}]"
+
+    name, convolution = found
+    channels = convolution.in_channels
+    what = f"{type(network).__name__} starts with a {channels}-channel convolution ({name})"
+    if len(shape) != 3:
+        hint = " (it looks like [height, width] without the channels)" if len(shape) == 2 else ""
+        size = shape[-2:] if len(shape) >= 2 else (32, 32)
+        raise ValueError(
+            f"{field}: expected [channels, height, width], 3 numbers, but got {shown(*shape)}{hint}; {what}: pass "
+            f"{field} {shown(channels, *size)} (the channels first, then the height and width)."
+        )
+    if shape[0] != channels:
+        raise ValueError(
+            f"{field}: expected {channels} channel{'s' if channels != 1 else ''} first but got {shown(*shape)}; "
+            f"{what}: pass {field} {shown(channels, *shape[1:])}."
+        )
+    return shape
+
+
 def probe_input(network: nn.Module, input_shape: Sequence[int] | None) -> Tensor:
-    """Two samples of shape ``input_shape`` (``[C, H, W]``), on the network's device and dtype; by default the
-    digits networks' ``[1, 8, 8]``, else the first convolution's input channels at 32x32."""
+    """Two samples of shape ``input_shape`` (``[C, H, W]``, checked by :func:`check_input_shape`), on the network's
+    device and dtype; by default the digits networks' ``[1, 8, 8]``, else the first convolution's input channels at
+    32x32."""
     parameter = next(network.parameters(), None)
     device, dtype = (parameter.device, parameter.dtype) if parameter is not None else (None, None)
     if input_shape is None and isinstance(network, DIGITS_NETWORKS):
         input_shape = (1, 8, 8)
     if input_shape is None:
-        convolution = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
-        if convolution is None:
+        found = first_convolution(network)
+        if found is None:
             raise ValueError(
-                f"cannot tell the input shape of {type(network).__name__} (it has no Conv2d); pass input_shape: "
-                f"[channels, height, width]."
+                f"input_shape: cannot tell the input shape of {type(network).__name__} (it has no Conv2d); pass "
+                f"input_shape: [channels, height, width] of one input sample."
             )
-        input_shape = (convolution.in_channels, 32, 32)
+        input_shape = (found[1].in_channels, 32, 32)
+    input_shape = check_input_shape(network, input_shape)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(2, *input_shape, generator=generator).to(device=device, dtype=dtype)
 
@@ -119,8 +183,13 @@ def _units(network: nn.Module) -> tuple[dict[str, list[str]], dict[str, nn.Modul
             blocks.update({f"layer{index}.{i}": block for i, block in enumerate(stage)})
             index += 1
         return stages, blocks
+    hint = (
+        "; a transformer is copied by kd_lightning.models.text.student_from_teacher (a subset of its layers)"
+        if is_transformer(network)
+        else ""
+    )
     raise TypeError(
-        f"shallow_copy: unsupported network {type(network).__name__}; expected one of: {'; '.join(FAMILIES)}."
+        f"shallow_copy: unsupported network {type(network).__name__}; expected one of: {'; '.join(FAMILIES)}{hint}."
     )
 
 
@@ -280,4 +349,4 @@ def shallow_copy(
     return network
 
 
-__all__ = ["fresh_copy", "probe_input", "shallow_copy"]
+__all__ = ["check_input_shape", "first_convolution", "fresh_copy", "is_transformer", "probe_input", "shallow_copy"]

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd_lightning.core.networks import mark_pretrained
+from kd_lightning.core.networks import mark_pretrained, pretrained_source
 from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 TASKS = ("auto", "masked_lm", "causal_lm", "base")
@@ -45,6 +45,47 @@ FAMILIES = (
     "GPT-2-family (layers at <base>.h, e.g. GPT2LMHeadModel, GPT2Model)",
 )
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""Files of a tokenizer that a model directory may ship beside the weights (``save_pretrained`` writes them)."""
+TOKENIZER_ATTRIBUTE = "kd_lightning_tokenizer"
+"""Attribute the builders set on a network whose directory ships a tokenizer: that directory (see
+:func:`shipped_tokenizer_directory`)."""
+
+
+def _ships_tokenizer(directory: str | Path) -> bool:
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def shipped_tokenizer_directory(network: nn.Module) -> str | None:
+    """The directory of the tokenizer a network was trained with (as given: a path or a ``package:`` spec), when its
+    builder loaded it from a directory that ships one (:func:`pretrained_model`, :func:`student_from_teacher` of
+    such a teacher); else ``None``.
+
+    The Lightning modules compare that tokenizer with the datamodule's before the first step: a model fed by another
+    tokenizer reads every id as another token, even where every id fits its embedding.
+
+    Example:
+        >>> shipped_tokenizer_directory(nn.Linear(2, 2)) is None
+        True
+    """
+    marked = getattr(network, TOKENIZER_ATTRIBUTE, None)
+    if isinstance(marked, str):
+        return marked
+    source = pretrained_source(network)
+    return source if source is not None and Path(source).is_dir() and _ships_tokenizer(source) else None
+
+
+def _mark_tokenizer(network: nn.Module, directory: str | None) -> nn.Module:
+    if directory is not None:
+        object.__setattr__(network, TOKENIZER_ATTRIBUTE, str(directory))
+    return network
 
 
 def _check_choice(value: str, valid: tuple[str, ...], field: str, what: str) -> None:
@@ -123,6 +164,7 @@ def pretrained_model(path: str, task: str = "auto") -> nn.Module:
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+    _mark_tokenizer(model, str(path) if _ships_tokenizer(directory) else None)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
@@ -361,7 +403,13 @@ def student_from_teacher(teacher: nn.Module | str, layers: list[int] | int, task
     if parameter is not None:
         student.to(device=parameter.device, dtype=parameter.dtype)
     student.load_state_dict(state, strict=True)
-    return student
+    return _mark_tokenizer(student, shipped_tokenizer_directory(teacher))
 
 
-__all__ = ["maximally_spaced_layers", "model_from_config", "pretrained_model", "student_from_teacher"]
+__all__ = [
+    "maximally_spaced_layers",
+    "model_from_config",
+    "pretrained_model",
+    "shipped_tokenizer_directory",
+    "student_from_teacher",
+]

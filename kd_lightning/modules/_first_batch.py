@@ -1,5 +1,7 @@
 """The first training batch, checked before the first optimizer step: its structure and values, its labels, and
-whether its inputs fit the networks (token ids within every embedding).
+whether its inputs fit the networks (token ids within every embedding, sequences within every network's position
+embeddings, images with the channels of every network's first layer, labels of the task every trained language model
+learns).
 
 Expected: a tuple or list ``(x,)``, ``(x, y)`` or ``(x, y, index)`` of tensors with the same first dimension, ``x``
 floating point and finite, ``y`` integer class indices (``-100`` = unlabelled); or a dict of tensors (``input_ids``
@@ -15,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_lightning.core.batch import METADATA, Batch
+from kd_lightning.core.batch import LABELS, METADATA, Batch
+from kd_lightning.modules._agreement import check_data_task, position_limit, positions_error
+
+LABEL_LIKE_KEYS = ("label", "label_ids", "target", "targets", "y", "class", "class_labels")
+"""Keys of a dict batch that hold labels under another name than ``labels`` (they would go to the model as inputs)."""
 
 
 def first_training_batch(loader: Any) -> dict[str | None, Batch]:
@@ -89,6 +95,14 @@ def _check_dict_batch(batch: Mapping[str, Any], where: str) -> None:
             f"expected {where}dict batches of tensors but {not_tensors} are not tensors; collate every field into a "
             f"tensor (e.g. a tokenizer's padding collator, or kd_lightning.data.text.TextDataModule)."
         )
+    misnamed = [key for key in LABEL_LIKE_KEYS if key in batch]
+    if misnamed and LABELS not in batch:
+        raise ValueError(
+            f"expected {where}dict batches to hold their labels under the key 'labels' but got {sorted(batch)}: the "
+            f"key {misnamed[0]!r} is not read as labels (it would be passed to the model as an input); rename the key "
+            f"to 'labels' in the dataset or collate function (Hugging Face datasets: "
+            f"dataset.rename_column({misnamed[0]!r}, 'labels'))."
+        )
     inputs = {key: value for key, value in batch.items() if key not in METADATA}
     if not inputs:
         raise ValueError(
@@ -150,9 +164,15 @@ def _describe(value: Any) -> str:
 
 
 def check_inputs_fit(batch: Batch, networks: Mapping[str, nn.Module], num_classes: int) -> None:
-    """Raise when a batch's inputs cannot go into a network: token ids beyond an input embedding (a model built for
-    another tokenizer), naming the network, both sizes and the fix, instead of an ``IndexError`` deep inside it."""
+    """Raise when a batch's inputs cannot go into a network, or its labels train another task than a network's:
+    token ids beyond an input embedding (a model built for another tokenizer), sequences longer than the position
+    embeddings, images with other channels (or pixels) than the first layer takes, masked-LM labels for a causal LM
+    (or the reverse). Each message names the network, both sizes or kinds and the fix, instead of an error deep
+    inside the model, or a run that trains the wrong thing."""
     check_token_ids(batch, networks, num_classes)
+    check_positions(batch, networks)
+    check_channels(batch, networks)
+    check_data_task(batch, networks)
 
 
 def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes: int) -> None:
@@ -173,6 +193,86 @@ def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes
                 f"(model_from_config vocab_size: {num_classes}, or student_from_teacher), or use the tokenizer the "
                 f"model was trained with."
             )
+
+
+def check_positions(batch: Batch, networks: Mapping[str, nn.Module]) -> None:
+    """Raise when a batch's sequences are longer than a network's learned position embeddings."""
+    if not batch.is_sequence:
+        return
+    length = batch.sequence_shape[1]
+    for name, network in networks.items():
+        limit = position_limit(network)
+        if limit is not None and length > limit[0]:
+            raise positions_error(
+                length, f"the first training batch holds sequences of {length} tokens", name, network, limit
+            )
+
+
+def _image_input(batch: Batch) -> Tensor | None:
+    """The image tensor ``[B, C, H, W]`` of a batch (its input, or a dict batch's ``pixel_values``), if it has one."""
+    inputs = batch.inputs.get("pixel_values") if isinstance(batch.inputs, Mapping) else batch.inputs
+    return inputs if isinstance(inputs, Tensor) and inputs.ndim == 4 else None
+
+
+def _first_layer(network: nn.Module) -> tuple[str, nn.Module] | None:
+    """The network's first 2-d convolution, or, for a network without convolutions or embeddings, its first layer
+    with parameters when that is an ``nn.Linear`` (registration order: the stem comes first in every zoo)."""
+    modules = list(network.named_modules())
+    convolution = next(
+        ((n, m) for n, m in modules if isinstance(m, nn.modules.conv._ConvNd) and len(m.kernel_size) == 2), None
+    )
+    if convolution is not None:
+        return convolution
+    if any(isinstance(m, (nn.modules.conv._ConvNd, nn.Embedding)) for _, m in modules):
+        return None
+    leaf = next(((n, m) for n, m in modules if not list(m.children()) and any(True for _ in m.parameters())), None)
+    return leaf if leaf is not None and isinstance(leaf[1], nn.Linear) else None
+
+
+def check_channels(batch: Batch, networks: Mapping[str, nn.Module]) -> None:
+    """Raise when a batch's images do not fit a network's first layer: other channels than its first convolution
+    takes (a 3-channel zoo network on 1-channel digits), or, for a network of linear layers, another number of
+    values than its first layer takes."""
+    images = _image_input(batch)
+    if images is None:
+        return
+    channels, shape = images.shape[1], tuple(images.shape[1:])
+    shown = f"[B, {', '.join(map(str, shape))}]"
+    for name, network in networks.items():
+        found = _first_layer(network)
+        if found is None:
+            continue
+        layer_name, layer = found
+        model = f"the {name} ({type(network).__name__})"
+        if isinstance(layer, nn.Linear):
+            values = int(torch.tensor(shape).prod())
+            if layer.in_features not in (values, shape[-1]):
+                rebuild = (
+                    f"DigitsMLP in_features: {values}"
+                    if type(network).__name__ == "DigitsMLP"
+                    else (f"a first layer of {values} inputs")
+                )
+                raise ValueError(
+                    f"{model} takes {layer.in_features} input values (its first layer {layer_name} is Linear("
+                    f"{layer.in_features}, {layer.out_features})) but the batches hold images {shown}, {values:,} "
+                    f"values each; build it for this data ({rebuild}), or give it data of the shape it was built for."
+                )
+            continue
+        takes = layer.in_channels
+        if takes == channels or any(getattr(m, "in_channels", None) == channels for m in network.modules()):
+            continue
+        timm = type(network).__module__.startswith("timm.")
+        rebuild = f"timm_model in_chans: {channels}" if timm else "replace its first convolution"
+        convert = (
+            "repeat the gray channel: torchvision.transforms.Grayscale(num_output_channels=3)"
+            if channels == 1 and takes == 3
+            else f"make the dataset return {takes}-channel images"
+        )
+        raise ValueError(
+            f"{model} takes {takes}-channel images (its first convolution {layer_name} is Conv2d({takes}, "
+            f"{layer.out_channels}, ...)) but the batches hold {channels}-channel images {shown}; build the {name} "
+            f"for {channels} channel(s) ({rebuild}), or give it {takes}-channel data ({convert})."
+        )
 
 
 __all__ = ["check_batch", "check_inputs_fit", "check_label_range", "first_training_batch"]

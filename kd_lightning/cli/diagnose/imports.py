@@ -30,8 +30,48 @@ def import_path(path: str) -> Any:
     return None
 
 
+FAMILIAR_MODULES = ("torch.optim", "torch.optim.lr_scheduler")
+"""Modules whose classes a config names by ``class_path`` outside this library: optimizers and schedulers."""
+
+
 def nearest_import_path(path: str) -> str | None:
-    """The nearest importable dotted path, fixing one segment after another (module, submodule, class)."""
+    """The nearest importable dotted path to a misspelled one.
+
+    First, the class of a :data:`FAMILIAR_MODULES` module that the last segment names exactly (case aside) under
+    another module (``torch.optim.CosineAnnealingLR`` -> ``torch.optim.lr_scheduler.CosineAnnealingLR``); then the
+    path fixed one segment after another (module, submodule, class); then the nearest class of those modules.
+
+    Example:
+        >>> nearest_import_path("torch.optim.AdamWW"), nearest_import_path("torch.optim.CosineAnnealingLR")
+        ('torch.optim.AdamW', 'torch.optim.lr_scheduler.CosineAnnealingLR')
+    """
+    name = path.rpartition(".")[2]
+    familiar = _familiar_classes()
+    exact = [full for full in familiar if full.rpartition(".")[2].lower() == name.lower()]
+    if exact and path not in exact:
+        return exact[0]
+    fixed = _fixed_segments(path)
+    if fixed is not None:
+        return fixed
+    nearest = difflib.get_close_matches(name, [full.rpartition(".")[2] for full in familiar], n=1, cutoff=0.75)
+    return next((full for full in familiar if nearest and full.rpartition(".")[2] == nearest[0]), None)
+
+
+def _familiar_classes() -> list[str]:
+    """``module.Class`` of every public class of :data:`FAMILIAR_MODULES`."""
+    found: list[str] = []
+    for module in FAMILIAR_MODULES:
+        target = import_path(module)
+        found += [
+            f"{module}.{name}"
+            for name, value in vars(target or object).items()
+            if inspect.isclass(value) and not name.startswith("_") and value.__module__.startswith(module)
+        ]
+    return found
+
+
+def _fixed_segments(path: str) -> str | None:
+    """The path with each segment replaced by the nearest existing one, or ``None``."""
     parts = path.split(".")
     fixed: list[str] = []
     target: Any = None

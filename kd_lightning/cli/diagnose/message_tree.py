@@ -30,6 +30,8 @@ _DOES_NOT_ACCEPT = re.compile(r"(?:Subcommand '[^']*' )?does not accept (?:optio
 _IMPORT_PROBLEM = re.compile(r"module '([^']+)' has no attribute '([^']+)'|No module named '([^']+)'")
 _NOT_SUBCLASS = re.compile(r"Import path (\S+) does not correspond to a subclass of (\w+)")
 _EXPECTED = re.compile(r"Expected a <class '([^']+)'>(?:\. Got value: (.*))?")
+_GIVEN_CLASS_PATH = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
+"""The class path of a value jsonargparse failed to import (a callable's, such as an optimizer's, is only there)."""
 _SKIPPED = ("Given value", "Subtypes:", "Does not validate against any of the Union subtypes")
 
 
@@ -195,11 +197,15 @@ def _describe_leaf(
         segments = [*segments, *_key_segments(option, in_class)]
         return _unknown_key(option, segments, class_path if in_class else None, parser, args)
     imported = _IMPORT_PROBLEM.search(text)
+    given_path = _GIVEN_CLASS_PATH.search(text)
+    if imported is not None and given_path is not None:  # an optimizer, a scheduler: the value, not its owner
+        class_path = given_path.group(1)
     if imported is not None and class_path is not None:
         where = [*segments, "class_path"]
         nearest = nearest_import_path(class_path)
         fix = f"did you mean {nearest!r}?" if nearest else "check the spelling of the module and class names"
-        diagnosis = Diagnosis(f"cannot import class_path {class_path!r}: {text.splitlines()[0]}", fix=fix)
+        detail = imported.group(0) if given_path is not None else text.splitlines()[0]
+        diagnosis = Diagnosis(f"cannot import class_path {class_path!r}: {detail}", fix=fix)
         return _at(diagnosis, where, args, class_path)
     not_subclass = _NOT_SUBCLASS.search(text)
     if not_subclass is not None:

@@ -34,7 +34,15 @@ def describe_parse_error(
     """
     args = list(args)
     parser = _subcommand_parser(parser, args) or parser
-    one_line = (_unrecognized, _invalid_subcommand, _missing_subcommand, _missing_file, _yaml_syntax, _required)
+    one_line = (
+        _unrecognized,
+        _invalid_subcommand,
+        _missing_subcommand,
+        _missing_file,
+        _yaml_syntax,
+        _not_a_mapping,
+        _required,
+    )
     found = (describe(message, parser, args) for describe in one_line)
     diagnosis = next((d for d in found if d is not None), None) or describe_tree(message, parser, args)
     diagnosis.exit_code = USAGE_EXIT
@@ -161,6 +169,33 @@ def _yaml_syntax(message: str, parser: Any, args: Sequence[str]) -> Diagnosis | 
         except OSError:
             continue
     return Diagnosis(message.replace('"<unicode string>"', "the command line"), where="command line")
+
+
+def _not_a_mapping(message: str, parser: Any, args: Sequence[str]) -> Diagnosis | None:
+    """A config file that is empty (or only comments), or whose YAML is a list or a text instead of settings."""
+    if not message.startswith("Unexpected config"):
+        return None
+    for path in config_files(args):
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(content, dict):
+            continue
+        kind = "list" if isinstance(content, list) else "value"
+        holds = (
+            "no settings (it is empty, or holds only comments)"
+            if content is None
+            else f"a YAML {kind} ({str(content)[:40]!r}), not a mapping of settings"
+        )
+        return Diagnosis(
+            f"config file {path!r} holds {holds}.",
+            where=path,
+            fix="a config maps the run's parts to their settings (trainer: {...}, model: {class_path: ..., "
+            "init_args: {...}}, data: {...}); start from a recipe, e.g. cp configs/digits/offline_kd.yaml "
+            f"{path}, or drop --config {path}",
+        )
+    return None
 
 
 def _required(message: str, parser: Any, args: Sequence[str]) -> Diagnosis | None:
