@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -31,6 +32,8 @@ from kd_lightning.core.networks import count_parameters
 from kd_lightning.export import deploy
 from kd_lightning.export.formats import FORMATS, ExportedFile, Log, export_network, export_paths
 from kd_lightning.files import read_checkpoint
+from kd_lightning.files.outputs import KindCheck, check_output, is_torchscript, reads_of, same_weights
+from kd_lightning.models.shallow import check_input_shape
 from kd_lightning.modules import DistillationModule
 from kd_lightning.modules.exits import exit_key
 
@@ -105,7 +108,11 @@ def plan_export(options: argparse.Namespace) -> Plan:
     path = Path(options.checkpoint)
     checkpoint = read_checkpoint(path, what="checkpoint")
     module = deploy.load_module(path, checkpoint)
+    student = deploy.deployable_network(module)
+    if deploy.is_language_model(student):
+        raise deploy.language_model_error(student, path, options.input_shape)
     if options.input_shape is not None:
+        check_input_shape(student, options.input_shape, "--input-shape")
         shape = ",".join(map(str, options.input_shape))
         inputs, source = deploy.random_inputs(options.input_shape), f"random inputs (--input-shape {shape})"
     else:
@@ -116,20 +123,35 @@ def plan_export(options: argparse.Namespace) -> Plan:
                 "pass the shape of one input sample, e.g. --input-shape 1,8,8 (random inputs of that shape)."
             )
         inputs, source = found
-    student = deploy.deployable_network(module)
     deploy.check_inputs_fit(student, inputs, source)
     network = student if options.exit is None else deploy.deployable_network(module, options.exit, inputs)
     kind = type(student).__name__ + ("" if options.exit is None else f" cut at exit {options.exit}")
     description = f"{kind} (the student of {type(module).__name__}, {count_parameters(network):,} parameters)"
     folder = Path(options.output) if options.output else path.with_name(f"{path.stem}_export")
     name = "student" if options.exit is None else f"exit_{exit_key(options.exit)}"
-    return Plan(network, description, inputs, source, folder, name, _replaced(folder, name, options))
+    reads = reads_of([(path, "the checkpoint being exported"), *_run_files(checkpoint), *module.files_read().items()])
+    kinds = {"safetensors": same_weights(network.state_dict()), "torchscript": is_torchscript}
+    return Plan(network, description, inputs, source, folder, name, _replaced(folder, name, options, reads, kinds))
 
 
-def _replaced(folder: Path, name: str, options: argparse.Namespace) -> list[str]:
-    """The files of the export that exist already; an error unless ``--overwrite``."""
+def _run_files(checkpoint: dict[str, Any]) -> list[tuple[str, str]]:
+    """The teacher weights the checkpoint's run read (its ``teacher_weights``; the export rebuilds no teacher): a
+    later run of the same config reads them again, so no export replaces them."""
+    weights = (checkpoint.get("hyper_parameters") or {}).get("teacher_weights")
+    paths = weights if isinstance(weights, (list, tuple)) else [weights]
+    return [(str(file), "the teacher weights of the run that wrote the checkpoint") for file in paths if file]
+
+
+def _replaced(
+    folder: Path, name: str, options: argparse.Namespace, reads: dict[Path, str], kinds: dict[str, KindCheck]
+) -> list[str]:
+    """The files of the export that exist already; an error unless ``--overwrite``, and (even with it) for a file the
+    checkpoint's run reads or a file of another kind or architecture (:mod:`kd_lightning.files.outputs`)."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"expected --output to be a folder but {str(folder)!r} is a file; pass another --output.")
+    what = "the exported network"
+    for fmt, target in export_paths(folder, name, options.formats).items():
+        check_output(target, what, "--output", reads, kinds.get(fmt) if target.exists() else None, setting="folder")
     existing = [
         f"{target.name} ({describe_existing(target)})"
         for target in export_paths(folder, name, options.formats).values()

@@ -91,6 +91,9 @@ def _resolve(dotted: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+_MISSING = object()
+
+
 class _MovedModule(ModuleType):
     """An old module path: every name resolves to the object now holding it (its new module, or where the name itself
     moved, :data:`MOVED_NAMES`); the objects are the same, not copies."""
@@ -109,6 +112,38 @@ class _MovedModule(ModuleType):
 
     def __dir__(self) -> list[str]:
         return sorted(set(dir(importlib.import_module(MOVED_MODULES[self.__name__]))))
+
+    def _holder(self, name: str) -> tuple[ModuleType, str]:
+        """The module that now holds ``name`` and its name there."""
+        moved = MOVED_NAMES.get(f"{self.__name__}.{name}")
+        if moved is not None:
+            module, _, new_name = moved.rpartition(".")
+            return importlib.import_module(module), new_name
+        return importlib.import_module(MOVED_MODULES[self.__name__]), name
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting a name (``monkeypatch.setattr(old_module, ...)``) sets it where it lives now, so code that reads
+        it there sees the change; the value it replaced is kept for :meth:`__delattr__`. The module's own dunder names
+        stay on this module."""
+        if name.startswith("__") and name.endswith("__"):
+            super().__setattr__(name, value)
+            return
+        holder, new_name = self._holder(name)
+        vars(self).setdefault("__replaced__", {}).setdefault(name, getattr(holder, new_name, _MISSING))
+        setattr(holder, new_name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """Deleting a name set through this module puts back what it replaced (this module holds no names of its
+        own to delete: ``monkeypatch.undo()`` deletes what it set); any other name is deleted where it lives."""
+        if name.startswith("__") and name.endswith("__"):
+            super().__delattr__(name)
+            return
+        holder, new_name = self._holder(name)
+        replaced = vars(self).get("__replaced__", {}).pop(name, _MISSING)
+        if replaced is _MISSING:
+            delattr(holder, new_name)
+        else:
+            setattr(holder, new_name, replaced)
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

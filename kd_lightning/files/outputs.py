@@ -47,6 +47,7 @@ def check_output(
     reads: Mapping[Path, str],
     kind: KindCheck | None = None,
     written: dict[Path, str] | None = None,
+    setting: str = "file",
 ) -> Path:
     """Refuse ``target`` if writing ``what`` there would replace something good (see the module docstring).
 
@@ -57,6 +58,7 @@ def check_output(
         reads: every file the run reads, resolved, with what it is to the run (``"teacher_weights"``).
         kind: checks an existing file is of the kind and architecture the writer writes.
         written: the targets of the run's writers checked so far (updated), so two writers never share one file.
+        setting: what ``where`` names, for the fix (``"file"``; ``"folder"`` for a command's output folder).
 
     Returns:
         The resolved target.
@@ -68,7 +70,7 @@ def check_output(
         read = reads[path] if inside is None else f"inside {inside}, {reads[inside]}"
         raise OutputRefusedError(
             f"{where} ({target}) is {read}, which this run reads: writing {what} there would replace it (and every "
-            f"later run that reads it would get the new network); set {where} to another file."
+            f"later run that reads it would get the new network); set {where} to another {setting}."
         )
     if written is not None:
         if path in written:
@@ -84,7 +86,7 @@ def check_output(
         if reason is not None:
             raise OutputRefusedError(
                 f"{where} ({target}) already exists and {reason}: writing {what} there would replace it; set {where} "
-                f"to another file (or remove the old one if it is no longer needed)."
+                f"to another {setting} (or remove the old file if it is no longer needed)."
             )
     return path
 

@@ -186,6 +186,44 @@ def test_existing_files_are_replaced_only_with_overwrite(run_export, checkpoints
     assert after["student.safetensors"] != before["student.safetensors"], "replaced by the other run's student"
 
 
+def test_no_overwrite_replaces_a_file_the_run_reads_or_a_file_of_another_kind(
+    run_export, checkpoints, tmp_path, monkeypatch
+):
+    generation = tmp_path / "generation1"  # born-again: the previous generation's export is this run's teacher
+    generation.mkdir()
+    shutil.copy(TEACHER_WEIGHTS, generation / "student.safetensors")
+    monkeypatch.chdir(tmp_path)
+    fit_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "digits" / "offline_kd.yaml"),
+            f"--model.init_args.teacher_weights={generation / 'student.safetensors'}",
+            *tiny_fit(max_steps=3, default_root_dir=str(tmp_path / "run"), logger=False),
+        ]
+    )
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    before = hashes(generation)
+    code, out, err = run_export(checkpoint, "--output", generation, "--overwrite")
+    assert code == 2 and not out and "Traceback" not in err
+    assert f"--output ({generation / 'student.safetensors'}) is the teacher weights of the run" in err, err
+    assert "set --output to another folder" in err
+    assert hashes(generation) == before, "nothing written"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "student.torchscript.pt").write_text("notes, not a network")
+    code, out, err = run_export(checkpoint, "--output", other, "--overwrite", "--formats", "safetensors", "torchscript")
+    assert code == 2 and "already exists and is not a TorchScript file" in err, err
+    assert not (other / "student.safetensors").exists() and (other / "student.torchscript.pt").read_text()
+
+    assert run_export(checkpoints["self_byot"], "--output", other, "--formats", "safetensors")[0] == 0
+    before = hashes(other)
+    code, out, err = run_export(checkpoint, "--output", other, "--overwrite", "--formats", "safetensors")
+    assert code == 2 and "holds the weights of another architecture" in err, err
+    assert hashes(other) == before
+
+
 def test_the_default_folder_is_named_after_the_checkpoint(run_export, checkpoints):
     path = checkpoints["online_kd"]
     code, out, err = run_export(path, "--formats", "torchscript")

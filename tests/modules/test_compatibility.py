@@ -87,6 +87,21 @@ def test_old_import_paths_resolve_to_the_moved_code():
     assert current_path("kd_lightning.modules.temporal.PSKDTeacher") == "kd_lightning.teachers.temporal.PSKDTeacher"
 
 
+def test_patching_an_old_module_path_patches_the_code_that_reads_it(monkeypatch):
+    import kd_lightning.export.formats as formats
+    import kd_lightning.teachers.frozen as frozen
+    from kd_lightning import export_formats
+    from kd_lightning import teacher as old_teacher
+
+    monkeypatch.setattr(export_formats, "ONNX_PACKAGES", ("no_such_package_kd",))
+    assert formats.ONNX_PACKAGES == ("no_such_package_kd",), "set where the code reads it"
+    monkeypatch.undo()
+    assert formats.ONNX_PACKAGES == ("onnx", "onnxscript", "onnxruntime")
+    assert "ONNX_PACKAGES" not in vars(export_formats), "the old path holds no copy"
+    holder = old_teacher._holder("freeze")[0]
+    assert holder.freeze is old_teacher.freeze and holder is not old_teacher and frozen is not None
+
+
 @pytest.mark.parametrize("name", ["offline_kd", "self_byot", "online_dml"])
 def test_an_old_checkpoint_exports(name, project, one_torch_thread, capsys):
     output = project / "export"
