@@ -11,7 +11,14 @@ from kd_lightning.core import moved
 moved.install()  # old import paths (checkpoints, configs) resolve to where the code lives now
 
 # ruff: noqa: E402
-from kd_lightning.callbacks import ConvertQuantized, DistillationReport, ExportStudent, ExportWeights, measure_network
+from kd_lightning.callbacks import (
+    CompactModelSummary,
+    ConvertQuantized,
+    DistillationReport,
+    ExportStudent,
+    ExportWeights,
+    measure_network,
+)
 from kd_lightning.core.batch import Batch
 from kd_lightning.core.networks import freeze
 from kd_lightning.core.objective import DistillTerm, Objective
@@ -77,6 +84,7 @@ __all__ = [
     "CachedTeacher",
     "CheckpointFileError",
     "Classifier",
+    "CompactModelSummary",
     "ConvertQuantized",
     "Deployable",
     "DigitsCNN",

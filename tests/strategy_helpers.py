@@ -181,11 +181,24 @@ class RankRecorder(L.Callback):
             local_correct=self.correct,
             local_total=self.total,
             global_step=trainer.global_step,
+            skipped_steps=getattr(pl_module, "skipped_steps", None),
             teacher_training=None if teacher is None else [m.training for m in teacher.modules()],
             output_dtypes=sorted(self.record["output_dtypes"]),
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(self.record, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class InfiniteOnRankOne(OfflineDistillation):
+    """Offline KD whose first loss component is made infinite, by a constant (its gradients stay finite), on the
+    second optimizer step of process 1 only: only the reduced decision keeps the processes' weights the same."""
+
+    def compute_losses(self, batch):
+        losses = super().compute_losses(batch)
+        if self.trainer.training and self.trainer.global_rank == 1 and self.trainer.global_step == 1:
+            name = next(iter(losses))
+            losses[name] = losses[name] + torch.tensor(float("inf"), device=losses[name].device)
+        return losses
 
 
 # ----------------------------------------------------------------- FSDP2 (ModelParallelStrategy), as a script
@@ -251,7 +264,10 @@ def fit_fsdp2(out_dir: Path, prefix: str) -> None:
     try:
         trainer.fit(module, datamodule=datamodule("offline_kd"))
     except Exception as error:  # recorded for the test, which shows it
-        (out_dir / f"{prefix}error_rank{trainer.global_rank}.txt").write_text(f"{type(error).__name__}: {error}")
+        import traceback
+
+        message = "".join(traceback.format_exception(error))
+        (out_dir / f"{prefix}error_rank{trainer.global_rank}.txt").write_text(message)
         return
     state = {
         key: (value.full_tensor() if isinstance(value, DTensor) else value).detach().clone()

@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kd_lightning.callbacks import DistillationReport
-from kd_lightning.cli import resume
+from kd_lightning.cli import quiet, resume
 from kd_lightning.cli.diagnose import debug_requested, error_boundary
 from kd_lightning.files import AtomicCheckpointIO
 from kd_lightning.modules import DistillationModule
@@ -72,11 +72,17 @@ class KDLightningCLI(CheckpointPathCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Lightning's Trainer, with checkpoint files written atomically and read by the library's defensive loader
-        (:class:`~kd_lightning.files.AtomicCheckpointIO`) unless the config gives its own checkpoint IO."""
-        trainer = super().instantiate_trainer(**kwargs)
+        (:class:`~kd_lightning.files.AtomicCheckpointIO`) unless the config gives its own checkpoint IO, without
+        Lightning's product tips, and with the model summary without an empty FLOPs column (:mod:`.quiet`)."""
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        chosen = (section.get("trainer") or {}).get("callbacks")
+        chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]  # before the Trainer appends to it
+        with quiet.lightning_tips():
+            trainer = super().instantiate_trainer(**kwargs)
         strategy = trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
+        quiet.compact_summary(trainer, chosen)
         return trainer
 
     def before_fit(self) -> None:

@@ -60,6 +60,7 @@ class Batch:
         index: each sample's index in its dataset ``[B]``, when the loader gives it.
         window_counts: token counts of the batch's gradient-accumulation window (a ``TokenWindowLoader``), or
             ``None``.
+        part: the name of this batch in a combined training batch (:func:`parse_parts`), ``None`` for a whole batch.
 
     Example:
         >>> import torch
@@ -72,6 +73,7 @@ class Batch:
     labels: Tensor | None = None
     index: Tensor | None = None
     window_counts: Tensor | None = None
+    part: str | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> Batch:
@@ -178,7 +180,7 @@ class Batch:
 def parse_parts(raw: Any) -> dict[str | None, Batch]:
     """The batches a training batch is made of: ``{name: Batch}`` of a combined batch, else ``{None: Batch}``."""
     if is_combined(raw):
-        return {name: Batch.parse(part) for name, part in raw.items()}
+        return {name: replace(Batch.parse(part), part=name) for name, part in raw.items()}
     return {None: Batch.parse(raw)}
 
 

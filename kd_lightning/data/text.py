@@ -43,6 +43,7 @@ from kd_lightning.data.corpus import (
     check_choice,
     load_tokenizer,
     python_help_corpus,
+    read_text_file,
     split_indices,
     text_units,
 )
@@ -187,7 +188,10 @@ def pack_blocks(sequences: Sequence[Sequence[int]], length: int) -> Tensor:
 class TokenCollator:
     """Pads dict items to the longest sequence of the batch: ``input_ids`` with the pad id, ``labels`` with -100.
 
-    Adds ``attention_mask`` ``[B, L]`` (1 = token, 0 = padding) and stacks ``index``. Right padding.
+    Adds ``attention_mask`` ``[B, L]`` (1 = token, 0 = padding) to a batch that has padding, and stacks ``index``.
+    Right padding. A batch without padding gets no ``attention_mask``: the models and the losses read a missing mask as
+    "every token is real", and a Hugging Face model given a mask reads on the host whether it is all ones (to use
+    SDPA's causal kernel without a mask), which makes a GPU wait for the step's kernels; without one it does not.
 
     Args:
         pad_token_id: the tokenizer's pad id.
@@ -196,6 +200,8 @@ class TokenCollator:
         >>> batch = TokenCollator(0)([{"input_ids": torch.tensor([5, 6, 7])}, {"input_ids": torch.tensor([8])}])
         >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
         ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+        >>> sorted(TokenCollator(0)([{"input_ids": torch.tensor([5, 6])}, {"input_ids": torch.tensor([8, 9])}]))
+        ['input_ids']
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -204,8 +210,10 @@ class TokenCollator:
     def __call__(self, items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         input_ids = [item["input_ids"] for item in items]
         batch = {"input_ids": pad_sequence(input_ids, batch_first=True, padding_value=self.pad_token_id)}
-        lengths = torch.tensor([len(ids) for ids in input_ids])
-        batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+        lengths = [len(ids) for ids in input_ids]
+        if min(lengths) < max(lengths):  # on the host, from the items: no tensor value is read
+            positions = torch.arange(batch["input_ids"].shape[1])
+            batch["attention_mask"] = (positions < torch.tensor(lengths)[:, None]).long()
         if "labels" in items[0]:
             labels = [item["labels"] for item in items]
             batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
@@ -345,7 +353,7 @@ class TextDataModule(SplitDataModule):
         if hp.corpus is not None:
             return python_help_corpus()
         if hp.files is not None:
-            return [Path(file).read_text(encoding="utf-8") for file in hp.files]
+            return [read_text_file(file, field="data.init_args.files") for file in hp.files]
         return list(hp.texts)
 
     def _masking(self) -> Masking | None:

@@ -14,6 +14,8 @@ upgrade removes it.
   (``trainer.fit_loop._data_source``).
 * :class:`AppendingCSVWriter` — Lightning's CSV experiment writer continuing an existing ``metrics.csv``
   (overrides ``ExperimentWriter._check_log_dir_exists``, reads ``_fs``).
+* :func:`summary_settings` — a ``ModelSummary`` callback's ``max_depth`` and options (``_max_depth``,
+  ``_summarize_kwargs``).
 * :class:`CheckpointPathCLI` — ``LightningCLI`` whose ``--ckpt_path`` handling (``LightningCLI._parse_ckpt_path``) is
   the public method :meth:`CheckpointPathCLI.resolve_ckpt_path`.
 """
@@ -53,6 +55,11 @@ def load_checkpoint_into(cls: type, path: str | Path, *args: Any, **kwargs: Any)
 def loggers_write_this_step(trainer: Any) -> bool:
     """Whether Lightning hands this training step's logged values to the loggers (every ``log_every_n_steps``)."""
     return bool(trainer._logger_connector.should_update_logs)
+
+
+def summary_settings(callback: Any) -> tuple[int, dict[str, Any]]:
+    """``(max_depth, summarize_kwargs)`` of Lightning's ``ModelSummary`` (or ``RichModelSummary``) callback."""
+    return callback._max_depth, dict(callback._summarize_kwargs)
 
 
 def training_dataloader(trainer: Any) -> Any:

@@ -42,28 +42,45 @@ def is_logged_step(trainer: Any, batch_idx: int) -> bool:
     )
 
 
-def keys_to_log(module: Any, values: Mapping[str, Any], batch_idx: int) -> tuple[list[str], bool]:
-    """The keys of ``values`` to log on this step, and whether ``train/loss`` goes to the progress bar."""
+def keys_to_log(module: Any, values: Mapping[str, Any], batch_idx: int) -> tuple[list[str], bool, bool]:
+    """The keys of ``values`` to log on this step, whether ``train/loss`` goes to the progress bar, and whether this
+    is a logging step (the loggers write it: values are read on the host anyway)."""
     every_step = getattr(module, "_every_step_keys", None)
     if every_step is None:  # outside a fit's training loop (or fast_dev_run: everything, every step)
         every_step = keys_logged_every_step(module)
-    all_keys = every_step is None or is_logged_step(module.trainer, batch_idx)
+    logged_step = module._trainer is not None and is_logged_step(module.trainer, batch_idx)
+    all_keys = every_step is None or logged_step
     shown = every_step is None or "train/loss" in every_step
-    return [key for key in values if all_keys or key in every_step], shown
+    return [key for key in values if all_keys or key in every_step], shown, logged_step
 
 
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 """Lightning's warning (``fit_loop.on_run_start``) about modules in eval mode: a frozen teacher is, on purpose."""
 
 
+HOOK_WARNING = r"You have overridden `on_before_batch_transfer` in (both )?`LightningModule`"
+"""Lightning's warning (``_DataHookSelector``) when a module beside a datamodule defines ``on_before_batch_transfer``:
+the distillation modules define it for the teacher source's host-side work, whichever hook Lightning then calls."""
+
+
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+"""torch's deprecation (a ``FutureWarning``) raised by Lightning's own training loop (its ``_pytree`` helpers): nothing
+in the user's code or config causes or can change it."""
+
+
 def silence_eval_mode_warning() -> tuple:
     """Ignore :data:`EVAL_MODE_WARNING` until :func:`restore_warnings` removes this one filter (not the caller's)."""
-    warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+    return silence(EVAL_MODE_WARNING, PossibleUserWarning)
+
+
+def silence(message: str, category: type[Warning] = UserWarning) -> tuple:
+    """Ignore warnings matching ``message`` until :func:`restore_warnings` removes this one filter."""
+    warnings.filterwarnings("ignore", message=message, category=category)
     return warnings.filters[0]
 
 
 def restore_warnings(entry: tuple | None) -> None:
-    """Remove the filter :func:`silence_eval_mode_warning` added (if it is still there); other filters are kept."""
+    """Remove a filter :func:`silence` added (if it is still there); other filters are kept."""
     if entry is not None and entry in warnings.filters:
         warnings.filters.remove(entry)
         mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls: forget cached decisions

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +75,11 @@ class DistillationModule(L.LightningModule):
         optimizer: builds the optimizer from the trainable parameters (teachers are never included).
         lr_scheduler: optional scheduler factory, stepped every epoch.
         label_smoothing: label smoothing of the cross-entropy.
-        on_nonfinite: what a NaN/inf training loss does, caught before ``backward``: ``"stop"`` ends the run with a
-            message naming the loss components, the step and the batch; ``"skip"`` skips that optimizer step (counted
-            and logged as ``train/skipped_steps``; buffers the batch changed, such as BatchNorm statistics, are
-            restored). Never trains on a non-finite loss; a fit whose every step was skipped fails.
+        on_nonfinite: what a NaN/inf training loss does. Either way its update is zeroed on the device (no host read
+            in the step; see :mod:`~kd_lightning.modules._nonfinite`) and it is reported at the next logging step:
+            ``"stop"`` then ends the run with a message naming the first bad step, the loss components and the
+            cause; ``"skip"`` warns and logs ``train/skipped_steps`` (buffers the batch changed, such as BatchNorm
+            statistics, are restored too). A fit whose every step was zeroed fails.
         compile: compile networks in place (``nn.Module.compile()``, keys unchanged): ``true`` or a list of names of
             :meth:`networks` (``student``, ``teacher``, peers).
         channels_last: networks and 4-D input batches in ``torch.channels_last`` memory format.
@@ -123,7 +123,7 @@ class DistillationModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.on_nonfinite = on_nonfinite
         self.compile_option, self.channels_last = compile, bool(channels_last)
-        self.skipped_steps = 0
+        self.nonfinite = _nonfinite.NonFiniteWatch()
         self.val_metrics = _evaluation.stage_metrics(num_classes)
         self.test_metrics = _evaluation.stage_metrics(num_classes)
         self.teacher = teacher
@@ -224,6 +224,7 @@ class DistillationModule(L.LightningModule):
         batch = Batch.parse(batch)
         teacher = self.teacher_outputs(batch)
         student, target = self.student_outputs(batch), self.targets(batch)
+        self._step_outputs = (student, teacher)  # what the non-finite watch checks (references, not copies)
         if self.teacher is not None and self.training and self._trainer is not None and self.trainer.training:
             self.teacher.observe_student(batch, student)
         if teacher is None and self.objective.terms:
@@ -259,24 +260,43 @@ class DistillationModule(L.LightningModule):
         return self.trainer.max_epochs if self._trainer is not None else None
 
     # ----------------------------------------------------------------- Lightning steps
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The step's losses, logged; a non-finite loss is recorded on the device, never read here (see
+        :mod:`~kd_lightning.modules._nonfinite`: its update is zeroed before the optimizer step)."""
         buffers = [b.detach().clone() for b in self.buffers()] if self.on_nonfinite == "skip" else None
         parts = {name: self.format_batch(part) for name, part in parse_parts(batch).items()}
+        self._step_outputs = None
         losses = self.combined_losses(parts)
         loss = total_loss(losses)
-        if not self.loss_is_finite(loss, losses, parts, batch_idx):
-            if buffers:
-                torch._foreach_copy_(list(self.buffers()), buffers)  # undo the batch's BatchNorm statistics updates
-            self._after_training_step(taken=False)
-            return None
+        finite = self.nonfinite.observe(loss, losses, parts, self._step_outputs, batch_idx)
+        self._step_outputs = None
+        self._restore_if_not_finite = (buffers, finite) if buffers else None
         self.log_losses(loss, losses, batch_idx, sum(part.size for part in parts.values()))
-        self._after_training_step(taken=True)
+        if self.teacher is not None:
+            self.teacher.after_training_step(self, finite)
         return loss
 
-    def _after_training_step(self, taken: bool) -> None:
-        self._steps_taken = getattr(self, "_steps_taken", 0) + int(taken)
-        if self.teacher is not None:
-            self.teacher.after_training_step(self, taken)
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch on the host: the teacher source does its host-side work for it (a cache reads its rows).
+
+        Lightning calls a datamodule's own ``on_before_batch_transfer`` instead, when it defines one: the work then
+        happens in the step (a cache reads its rows from the batch's indices there: one wait for the device)."""
+        if self.teacher is not None and self._trainer is not None and self.trainer.training:
+            self.teacher.before_batch_transfer(batch)
+        return batch
+
+    def on_after_backward(self) -> None:
+        """``on_nonfinite: skip``: undo, on the device, the buffer updates (BatchNorm statistics) of a micro-batch
+        whose loss was not finite (after its backward, which may read those buffers)."""
+        restore, self._restore_if_not_finite = getattr(self, "_restore_if_not_finite", None), None
+        if restore is not None:
+            buffers, finite = restore
+            for buffer, saved in zip(self.buffers(), buffers, strict=True):
+                buffer.copy_(torch.where(finite, buffer, saved))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Zero the step's gradients on the device when its window had a non-finite loss or gradient."""
+        self.nonfinite.zero_if_not_finite([p for group in optimizer.param_groups for p in group["params"]])
 
     def combined_losses(self, parts: dict[str | None, Batch]) -> dict[str, Tensor]:
         """Losses of the parts of a training batch (one part, or a dict of batches from Lightning's
@@ -290,31 +310,18 @@ class DistillationModule(L.LightningModule):
 
     def log_losses(self, loss: Tensor, losses: dict[str, Tensor], batch_idx: int, batch_size: int) -> None:
         """Log ``train/loss`` and every component ``train/<name>`` on the steps where they can be read (see
-        :mod:`~kd_lightning.modules._logging`)."""
+        :mod:`~kd_lightning.modules._logging`); on those steps, non-finite steps are reported."""
         values = {"train/loss": loss, **{f"train/{name}": value for name, value in losses.items()}}
-        keys, shown = _logging.keys_to_log(self, values, batch_idx)
+        keys, shown, logged_step = _logging.keys_to_log(self, values, batch_idx)
         for key in keys:
             self.log(key, values[key], prog_bar=shown and key == "train/loss", batch_size=batch_size)
+        if logged_step:
+            self.nonfinite.report(self)
 
-    def loss_is_finite(self, loss: Tensor, losses: dict[str, Tensor], parts: Any, batch_idx: int) -> bool:
-        """Guard before ``backward``: a non-finite loss stops the run (default) or skips the step (``"skip"``).
-
-        Under DDP the decision is taken by all ranks together, so every rank skips the same steps.
-        """
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
-            return True
-        parts = parts if isinstance(parts, dict) else parse_parts(parts)
-        message = _nonfinite.describe_nonfinite(self, losses, parts, batch_idx)
-        if self.on_nonfinite == "stop":
-            raise _nonfinite.NonFiniteLossError(message)
-        self.skipped_steps += 1
-        skipped = message.replace("To skip such steps instead of stopping, set", "Skipped, as set by")
-        warnings.warn(skipped, stacklevel=2)
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=next(iter(parts.values())).size)
-        return False
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps whose update was zeroed (non-finite); reading it waits for the device."""
+        return self.nonfinite.skipped
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
@@ -396,10 +403,11 @@ class DistillationModule(L.LightningModule):
         if state:
             _run_state.restore(self.trainer, state)
         self._optimized = self.check_optimized()
-        self._steps_taken, self._skipped_at_start = 0, self.skipped_steps
+        self._steps_at_start, self._skipped_at_start = self.trainer.global_step, self.skipped_steps
         self._every_step_keys = _logging.keys_logged_every_step(self)  # once per fit: callbacks do not change
 
     def on_train_epoch_start(self) -> None:
+        self.nonfinite.epoch_started()
         if self.teacher is not None:
             self.teacher.on_train_epoch_start(self)
 
@@ -410,15 +418,20 @@ class DistillationModule(L.LightningModule):
             self._optimized = None
 
     def on_train_epoch_end(self) -> None:
-        """The teacher source's epoch end; an epoch whose every step was skipped stops the fit."""
-        _nonfinite.check_some_step_taken(self, getattr(self, "_steps_taken", 0))
+        """Non-finite steps reported; a fit whose every step so far was zeroed stops; the teacher's epoch end."""
+        self._check_steps_taken()
         if self.teacher is not None:
             self.teacher.on_train_epoch_end(self)
 
     def on_train_end(self) -> None:
-        """A fit whose every training step was skipped (non-finite losses) trained nothing: it fails."""
+        """A fit whose every training step was zeroed (non-finite losses) trained nothing: it fails."""
         self._every_step_keys = None
-        _nonfinite.check_some_step_taken(self, getattr(self, "_steps_taken", 0))
+        self._check_steps_taken()
+
+    def _check_steps_taken(self) -> None:
+        skipped = self.nonfinite.report(self) - getattr(self, "_skipped_at_start", 0)
+        steps = self.trainer.global_step - getattr(self, "_steps_at_start", 0)
+        _nonfinite.check_some_step_taken(self, steps, skipped)
 
     def teardown(self, stage: str) -> None:
         """The teacher source's teardown; the eval-mode warning filter removed if the fit ended before training."""
@@ -426,6 +439,9 @@ class DistillationModule(L.LightningModule):
             self.teacher.teardown(self, stage)
         _logging.restore_warnings(getattr(self, "_silenced", None))
         self._silenced = None
+        for entry in getattr(self, "_silenced_for_stage", None) or []:
+            _logging.restore_warnings(entry)
+        self._silenced_for_stage = None
         super().teardown(stage)
 
     def check_optimized(self, expected: set[int] | None = None) -> set[int]:
@@ -455,7 +471,7 @@ class DistillationModule(L.LightningModule):
             self, checkpoint["state_dict"], "being loaded", _checkpoints.unbuilt_adapters(self)
         )
         ours = checkpoint.get(_checkpoints.CHECKPOINT_KEY) or {}
-        self.skipped_steps = int(ours.get("skipped_steps", 0))
+        self.nonfinite.loaded = self.nonfinite.reported = int(ours.get("skipped_steps", 0))
         self._pending_run_state = ours.get("run_state") or None
 
     @classmethod
@@ -495,6 +511,11 @@ class DistillationModule(L.LightningModule):
         """The teacher source's setup; before a fit, the checks and the dry run (see :meth:`dry_run`), each before the
         first optimizer step."""
         self.check_taps()
+        for entry in getattr(self, "_silenced_for_stage", None) or []:
+            _logging.restore_warnings(entry)
+        self._silenced_for_stage = [_logging.silence(_logging.LEAFSPEC_WARNING, FutureWarning)]
+        if type(self).on_before_batch_transfer is DistillationModule.on_before_batch_transfer:  # not a subclass's own
+            self._silenced_for_stage.append(_logging.silence(_logging.HOOK_WARNING))
         names = _performance.compiled_names(self.compile_option, list(self.networks()))
         if self.channels_last:
             self.to(memory_format=torch.channels_last)

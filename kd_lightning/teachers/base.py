@@ -18,8 +18,8 @@ below at fixed points of the fit; a new source overrides the ones it needs and n
 Lifecycle, in order: :meth:`bind` (once, when the module is built: the student, the outputs the terms read, the
 number of classes), :meth:`setup` (each Trainer stage, before the dry run), :meth:`check` (on the first training
 batch, before the first optimizer step), :meth:`on_fit_start`; per epoch :meth:`on_train_epoch_start`; per step
-:meth:`outputs`, :meth:`observe_student`, :meth:`after_training_step`, :meth:`after_optimizer_step`;
-:meth:`on_train_epoch_end`; :meth:`teardown`.
+:meth:`before_batch_transfer`, :meth:`outputs`, :meth:`observe_student`, :meth:`after_training_step`,
+:meth:`after_optimizer_step`; :meth:`on_train_epoch_end`; :meth:`teardown`.
 """
 
 from __future__ import annotations
@@ -139,11 +139,16 @@ class TeacherSource(nn.Module):
         """Multipliers of the cross-entropy and of the distillation terms in this (0-based) epoch."""
         return 1.0, 1.0
 
+    def before_batch_transfer(self, batch: Any) -> None:
+        """A training batch on the host, before it moves to the device: host-side work for it happens here (a cache
+        reads its stored rows), so the step on the device never waits for the host."""
+
     def observe_student(self, batch: Batch, student: Mapping[str, Tensor]) -> None:
         """The student's outputs of a training batch (PS-KD keeps its predictions)."""
 
-    def after_training_step(self, module: Any, taken: bool) -> None:
-        """After each training step; ``taken`` is False when the step was skipped (a non-finite loss)."""
+    def after_training_step(self, module: Any, taken: Any) -> None:
+        """After each training step; ``taken`` is a device bool, False when the step's loss was not finite (its
+        update is zeroed). Reading it on the host waits for the step: a source that must, says so."""
 
     def after_optimizer_step(self, module: Any) -> None:
         """After every optimizer step (not after accumulation-only batches): an EMA update."""

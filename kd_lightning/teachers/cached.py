@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from kd_lightning.core.batch import Batch
+from kd_lightning.core.batch import Batch, parse_parts
 from kd_lightning.teachers.base import EXTERNAL, Outputs, TeacherSource
 from kd_lightning.teachers.cache_store import TeacherCache
 from kd_lightning.teachers.frozen import FrozenTeacher
@@ -60,6 +61,7 @@ class CachedTeacher(TeacherSource):
         self.layers: list[str] = []
         self.epoch = 0
         self._dataset: Any = None
+        self._prefetched: dict[str | None, tuple[int, dict[str, Tensor]]] = {}
 
     # ----------------------------------------------------------------- what it is
     def bind(self, student: nn.Module, layers: Sequence[str], num_classes: int) -> None:
@@ -118,9 +120,27 @@ class CachedTeacher(TeacherSource):
             self._dataset = None
 
     # ----------------------------------------------------------------- outputs
+    def before_batch_transfer(self, batch: Any) -> None:
+        """Read the stored rows of each part of a training batch on the host, from its indices there, and check its
+        view there: the training step then only copies them to the device (no read of a device value)."""
+        self._prefetched = {}
+        if not self.cache.is_open:
+            return
+        pin = torch.cuda.is_available()
+        for name, part in parse_parts(batch).items():
+            index = part.index
+            if isinstance(index, Tensor) and index.device.type == "cpu" and _on_host(part.inputs):
+                rows = self.cache.outputs(part, self.epoch)
+                self._prefetched[name] = (part.size, {k: v.pin_memory() if pin else v for k, v in rows.items()})
+
     def outputs(self, batch: Batch) -> Outputs:
-        """The stored outputs once the store is open (training steps), else the live teacher's (the dry run); the
-        evaluation metrics always use the live teacher (:meth:`eval_logits`)."""
+        """The stored outputs once the store is open (training steps: the rows of this part of the batch, read before
+        it moved to the device), else the live teacher's (the dry run); the evaluation metrics always use the live
+        teacher (:meth:`eval_logits`)."""
+        batch = Batch.parse(batch)
+        size, rows = self._prefetched.pop(batch.part, (None, None))
+        if rows is not None and size == batch.size:
+            return {name: value.to(batch.device, non_blocking=True) for name, value in rows.items()}
         if self.cache.is_open:
             return self.cache.outputs(batch, self.epoch)
         return self.live.outputs(batch)
@@ -131,3 +151,9 @@ class CachedTeacher(TeacherSource):
     def forward(self, inputs: Any) -> Tensor:
         """The live teacher's logits for model inputs."""
         return self.live(inputs)
+
+
+def _on_host(inputs: Any) -> bool:
+    """Whether every tensor of a batch's inputs (a tensor or a dict of them) is in host memory."""
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+    return all(value.device.type == "cpu" for value in tensors if isinstance(value, Tensor))

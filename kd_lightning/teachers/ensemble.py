@@ -180,6 +180,10 @@ class TeacherEnsemble(TeacherSource):
         for member in self.members.values():
             member.teardown(module, stage)
 
+    def before_batch_transfer(self, batch: Any) -> None:
+        for member in self.members.values():
+            member.before_batch_transfer(batch)
+
     # ----------------------------------------------------------------- outputs
     def combine(self, logits: Sequence[Tensor]) -> Tensor:
         """The teachers' logits ``[B, ..., C]`` combined (see ``average``), in float32."""

@@ -263,11 +263,12 @@ class PSKDTeacher(TeacherSource):
         if batch.index is not None:
             self._pending = (batch.index, F.log_softmax(student[LOGITS].detach().float(), dim=-1))
 
-    def after_training_step(self, module: Any, taken: bool) -> None:
-        """Store the batch's predictions for the next epoch (a skipped step's are dropped); under DDP they wait for
-        the epoch's end, where one all-gather collects every process's."""
+    def after_training_step(self, module: Any, taken: Any) -> None:
+        """Store the batch's predictions for the next epoch (a non-finite step's are dropped); under DDP they wait for
+        the epoch's end, where one all-gather collects every process's. The predictions live on the CPU, as in the
+        official code, so this step reads its finiteness on the host (PS-KD's one host read per step)."""
         pending, self._pending = self._pending, None
-        if pending is None or not taken:
+        if pending is None or not bool(taken):
             return
         if module.trainer.world_size > 1:
             self._epoch_predictions.append(pending)

@@ -40,6 +40,7 @@ from strategy_helpers import (
     MODES,
     TRAIN_BATCHES,
     TRAINED_BESIDE_STUDENT,
+    InfiniteOnRankOne,
     RankRecorder,
     clone_state,
     datamodule,
@@ -146,6 +147,34 @@ def assert_ranks_agree(mode: str, ranks: list[dict], before: dict[str, torch.Ten
 def test_ddp_fork_two_processes_agree(mode, tmp_path):
     _, _, before = fit(mode, tmp_path, pickled=True, strategy="ddp_fork", devices=2)
     assert_ranks_agree(mode, read_ranks(tmp_path, 2), before)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_non_finite_loss_on_one_process_zeroes_the_step_on_every_process(policy, tmp_path):
+    torch.manual_seed(0)
+    module = InfiniteOnRankOne(
+        student=MODES["offline_kd"]().student,
+        teacher=MODES["offline_kd"]().teacher.network,
+        teacher_weights=TEACHER_WEIGHTS,
+        on_nonfinite=policy,
+    )
+    module.optimizer_factory = SGD
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path, strategy="ddp_fork", devices=2, log_every_n_steps=1),
+        callbacks=[RankRecorder(tmp_path)],
+    )
+    if policy == "stop":  # both processes stop at the same logging step (one alone would leave the other waiting)
+        stop = r"non-finite training loss at epoch 0, optimizer step 1, batch 1: ce \(1 step"
+        with pytest.raises(Exception, match=stop):
+            trainer.fit(module, datamodule=datamodule("offline_kd"))
+        return
+    trainer.fit(module, datamodule=datamodule("offline_kd"))
+    first, second = read_ranks(tmp_path, 2)
+    assert first["skipped_steps"] == second["skipped_steps"] == 1
+    assert math.isinf(second["losses"][1]) and all(math.isfinite(loss) for loss in first["losses"])
+    parameters = first["parameters"]
+    differ = [name for name in parameters if not torch.equal(parameters[name], second["parameters"][name])]
+    assert not differ, f"the processes' weights parted: {differ}"
 
 
 @pytest.mark.parametrize("mode", SPAWNED)

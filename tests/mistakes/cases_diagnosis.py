@@ -110,7 +110,7 @@ CLI_MISTAKES = [
     CliMistake(
         "YAML syntax error",
         lambda project: offline_args(("ce_weight: 0.1", "ce_weight: [0.1")),
-        tuple(["config file 'bad.yaml' is not valid YAML", "line 31", "where: bad.yaml:31"]),
+        tuple(["config file 'bad.yaml' is not valid YAML", "line 32", "where: bad.yaml:32"]),
         2,
         once="not valid YAML",
     ),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import fast_trainer
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 import kd_lightning
@@ -38,6 +39,7 @@ def test_the_private_trainer_attributes_exist_on_a_running_fit(tmp_path):
     writer = _lightning.AppendingCSVWriter(log_dir=str(tmp_path))
     assert isinstance(writer, ExperimentWriter) and hasattr(writer, "_fs") and writer.metrics_file_path
     assert "cls" in inspect.signature(_lightning.load_checkpoint_into).parameters
+    assert _lightning.summary_settings(ModelSummary(max_depth=2, header_style="bold")) == (2, {"header_style": "bold"})
 
 
 def test_no_other_file_of_the_package_touches_private_lightning_api():

@@ -338,3 +338,46 @@ def test_opening_a_cache_spot_checks_it_against_the_live_teacher(tmp_path, capsy
         Shifted.shift = 0.0
     out = capsys.readouterr().out
     assert rebuilt.build_seconds is not None and "differ from the live teacher's by up to 9" in out
+
+
+class PrefetchSeen(L.Callback):
+    """Whether each training step found its batch's stored rows already read on the host."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(bool(pl_module.teacher._prefetched))
+
+
+class DigitsWithOwnTransferHook(DigitsDataModule):
+    """A datamodule with its own ``on_before_batch_transfer``: Lightning calls it instead of the module's."""
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return batch
+
+
+def test_rows_are_read_before_the_batch_moves_and_in_the_step_when_a_datamodule_takes_the_hook(
+    tmp_path, recwarn, one_torch_thread
+):
+    import warnings
+
+    from kd_lightning.modules._logging import HOOK_WARNING
+
+    plain = fit(lambda: make_module(None), tmp_path)
+    seen = PrefetchSeen()
+    cache = TeacherCache(tmp_path / "cache", dtype="float32")
+    cached = fit(lambda: make_module(cache), tmp_path, callbacks=[seen])
+    assert seen.seen and all(seen.seen), "every step's rows were read before the batch moved to the device"
+    assert not [w for w in recwarn if "on_before_batch_transfer" in str(w.message)], "no warning the user cannot act on"
+    assert not [f for f in warnings.filters if f[1] is not None and f[1].pattern == HOOK_WARNING], "filter removed"
+
+    L.seed_everything(0)
+    own_hook, module, seen = Recorder(), make_module(TeacherCache(tmp_path / "cache", dtype="float32")), PrefetchSeen()
+    trainer = fast_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[own_hook, seen]
+    )
+    trainer.fit(module, datamodule=DigitsWithOwnTransferHook(batch_size=32, shuffle_seed=0))
+    assert not any(seen.seen), "the datamodule's hook ran instead: rows are read in the step"
+    assert own_hook.losses == pytest.approx(cached.losses, abs=1e-6)
+    assert cached.losses == pytest.approx(plain.losses, abs=1e-5)
