@@ -423,6 +423,7 @@ def offline_module(pair: Pair, **options: Any) -> OfflineDistillation:
         ce_weight=CE_WEIGHT,
         num_classes=pair.num_classes,
         optimizer=pair.optimizer(),
+        allow_untrained_teacher=pair.teacher_state is None,  # random weights time the same as trained ones
         **options,
     )
 
@@ -490,8 +491,7 @@ def cached_kd(pair: Pair) -> Sample:
     if pair.name not in _CACHED_DATA:
         _CACHED_DATA[pair.name] = copy.deepcopy(pair.datamodule)
     cache = TeacherCache(Path(_CACHE_ROOT.name) / pair.name, views=1, dtype="float16")
-    module = offline_module(pair)
-    module.teacher_cache = cache
+    module = offline_module(pair, teacher_cache=cache)
     sample = lightning_fit(dataclasses.replace(pair, datamodule=_CACHED_DATA[pair.name]), module)
     if cache.build_seconds is not None:
         CACHE_BUILDS[pair.name] = cache.build_seconds
@@ -566,15 +566,29 @@ def _no_op(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _always_finite(*args: Any, **kwargs: Any) -> bool:
-    return True
+class _NoWatch:
+    """Stands in for the non-finite watch (``module.nonfinite``): no device ops per step, nothing recorded."""
+
+    names, loaded, reported, skipped = None, 0, 0, 0
+
+    def observe(self, loss: Tensor, *args: Any) -> Tensor:
+        return torch.ones((), dtype=torch.bool, device=loss.device)
+
+    def zero_if_not_finite(self, *args: Any) -> None:
+        return None
+
+    def epoch_started(self) -> None:
+        return None
+
+    def report(self, module: Any) -> int:
+        return 0
 
 
 class _PlainTap:
     """Stands in for a logits-only ``FeatureTap``: calls the network and returns ``{"logits": ...}``, no hooks."""
 
     def __init__(self, network: nn.Module) -> None:
-        self.model, self.names, self.role = network, (), "plain"
+        self.model, self.names, self.role, self.output_kind = network, (), "plain", "logits"
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         return {"logits": self.model(x)}
@@ -597,7 +611,7 @@ def _hand_losses(module: OfflineDistillation) -> Callable[[Any], dict[str, Tenso
         x, y = batch[0], batch[1]
         logits = module.student(x)
         with torch.no_grad():
-            teacher_logits = module.teacher(x)
+            teacher_logits = module.teacher.network(x)
         return {
             "ce": CE_WEIGHT * F.cross_entropy(logits, y),
             "kd": KD_WEIGHT * kd_term(logits, teacher_logits, KD_TEMPERATURE),
@@ -622,9 +636,9 @@ def _patched(
 
 NO_LOG_DICT = {"log_dict": lambda m: _no_op}
 NO_LOG = {"log": lambda m: _no_op, "log_dict": lambda m: _no_op}
-NO_GUARD = {"loss_is_finite": lambda m: _always_finite}
+NO_GUARD = {"nonfinite": lambda m: _NoWatch()}
 NO_BATCH_END = {"on_train_batch_end": lambda m: _no_op}
-NO_TAPS = {"student_tap": lambda m: _PlainTap(m.student), "teacher_tap": lambda m: _PlainTap(m.teacher)}
+NO_TAPS = {"student_tap": lambda m: _PlainTap(m.student)}
 HAND_LOSSES = {"compute_losses": _hand_losses}
 
 
@@ -639,9 +653,9 @@ def ablations(pair: Pair) -> dict[str, tuple[str, Callable[[], Sample]]]:
         "full": ("OfflineDistillation as shipped (row c)", lambda: _patched(pair, {})),
         "-log_dict": ("no self.log_dict of the components (train/ce, train/kd)", lambda: _patched(pair, NO_LOG_DICT)),
         "-log": ("no self.log at all (also train/loss)", lambda: _patched(pair, NO_LOG)),
-        "-guard": ("no non-finite guard bool(torch.isfinite(loss))", lambda: _patched(pair, NO_GUARD)),
+        "-guard": ("no non-finite watch (its device ops per step)", lambda: _patched(pair, NO_GUARD)),
         "-batch_end": ("no on_train_batch_end optimizer-coverage hook", lambda: _patched(pair, NO_BATCH_END)),
-        "-taps": ("no FeatureTap (student/teacher called directly)", lambda: _patched(pair, NO_TAPS)),
+        "-taps": ("no student FeatureTap (the student called directly)", lambda: _patched(pair, NO_TAPS)),
         "-objective": (
             "hand-written losses: no Objective/DistillTerm/KDLoss checks",
             lambda: _patched(pair, {**NO_TAPS, **HAND_LOSSES}),
@@ -792,7 +806,6 @@ def _wrap_module(clock: Breakdown, module: L.LightningModule) -> None:
     for attribute in (
         "training_step",
         "compute_losses",
-        "loss_is_finite",
         "log",
         "log_dict",
         "on_train_batch_end",
@@ -803,6 +816,10 @@ def _wrap_module(clock: Breakdown, module: L.LightningModule) -> None:
     ):
         if hasattr(module, attribute):
             clock.wrap(module, attribute, f"module.{attribute}", marks=attribute == "training_step")
+    watch = getattr(module, "nonfinite", None)
+    if watch is not None:
+        clock.wrap(watch, "observe", "non-finite watch: observe (per micro-batch)")
+        clock.wrap(watch, "zero_if_not_finite", "non-finite watch: zero_if_not_finite (per optimizer step)")
     clock.spans.clear()
     for attribute in ("student_tap", "teacher_tap"):
         if isinstance(getattr(module, attribute, None), FeatureTap):

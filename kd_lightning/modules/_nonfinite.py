@@ -42,37 +42,44 @@ class NonFiniteLossError(RuntimeError):
     """A training loss was NaN or infinite (its update was not applied); raised at the next logging step."""
 
 
-def _all_finite(values: Any) -> Tensor | None:
-    """One device bool: every floating-point tensor in ``values`` (a tensor, a dict or a list of them) is finite."""
+COUNTS = ("skipped", "bad_losses", "counter", "epoch_counter")
+"""The device counters, one ``long`` vector: optimizer steps zeroed (with those of the checkpoint resumed),
+micro-batches with a non-finite loss, optimizer steps seen, epochs started."""
+HEAD = ("step", "epoch", "batch")
+"""Where the first non-finite micro-batch was: the head of the record vector (then one flag per checked tensor)."""
+
+
+def _floating(values: Any) -> list[Tensor]:
+    """The floating-point tensors of ``values`` (a tensor, a dict or a list of them), detached."""
     tensors = values.values() if isinstance(values, Mapping) else values if isinstance(values, list) else [values]
-    flags = [torch.isfinite(t.detach()).all() for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
-    return torch.stack(flags).all() if flags else None
+    return [t.detach() for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
 
 
 class NonFiniteWatch:
-    """The device-side record of one module's non-finite losses (see the module docstring)."""
+    """The device-side record of one module's non-finite losses (see the module docstring).
+
+    Per micro-batch a handful of device ops (one ``isfinite`` over the stacked losses and the largest magnitudes of
+    the inputs and outputs, ``torch._foreach_norm(ord=inf)``: finite exactly when every element is); per optimizer
+    step one ``_foreach_norm`` of the gradients and one ``masked_fill_`` per gradient. The record of the first bad
+    micro-batch is one vector, ``[step, epoch, batch, flag per loss component, flag per checked tensor]``, whose
+    layout (:attr:`layout`) is kept on the host; a micro-batch with another layout (other components, other outputs)
+    counts but does not replace the record.
+    """
 
     def __init__(self) -> None:
         self.device_state: dict[str, Tensor] = {}
         self.names: list[str] | None = None
+        self.layout: tuple[int, ...] | None = None
         self.window_ok: Tensor | None = None
         self.reported = 0
         self.loaded = 0
 
     def _state(self, like: Tensor) -> dict[str, Tensor]:
-        if not self.device_state or self.device_state["skipped"].device != like.device:
-            zero = torch.zeros((), dtype=torch.long, device=like.device)
-            self.device_state = {
-                "skipped": zero + self.loaded,  # optimizer steps zeroed (with those of the checkpoint resumed)
-                "bad_losses": zero.clone(),  # micro-batches with a non-finite loss
-                "step": zero - 1,
-                "batch": zero - 1,
-                "epoch": zero - 1,
-                "counter": zero.clone(),  # optimizer steps seen, on the device
-                "epoch_counter": zero.clone(),
-                **{name: torch.ones((), dtype=torch.bool, device=like.device) for name in FLAGS},
-                "grads": torch.ones((), dtype=torch.bool, device=like.device),
-            }
+        if not self.device_state or self.device_state["counts"].device != like.device:
+            counts = torch.zeros(len(COUNTS), dtype=torch.long, device=like.device)
+            counts[0] = self.loaded  # before the fit's first step: a host-to-device write, not a read
+            self.device_state = {"counts": counts, "grads": torch.ones((), dtype=torch.bool, device=like.device)}
+            self.layout = None
         return self.device_state
 
     # ----------------------------------------------------------------- per micro-batch, in training_step
@@ -81,24 +88,33 @@ class NonFiniteWatch:
     ) -> Tensor:
         """Record the micro-batch's finiteness on the device; returns its device bool ``finite``."""
         state = self._state(loss)
-        finite = torch.isfinite(loss.detach())
-        first = ~finite & (state["bad_losses"] == 0)
-        state["bad_losses"] += (~finite).long()
+        counts = state["counts"]
+        student, teacher = outputs if outputs is not None else (None, None)
+        inputs = [value for part in parts.values() for value in _values(part.inputs)]
+        groups = [_floating(values) if values is not None else [] for values in (inputs, teacher, student)]
+        tensors = [tensor for group in groups for tensor in group]
+        scalars = torch.stack([loss.detach(), *(value.detach() for value in losses.values())]).float()
+        if tensors:
+            largest = torch.stack(torch._foreach_norm(tensors, float("inf"))).float()
+            flags = torch.isfinite(torch.cat([scalars, largest]))
+        else:
+            flags = torch.isfinite(scalars)
+        finite = flags[0]
+        bad = ~finite
+        first = bad & (counts[1] == 0)
+        counts[1] += bad
         names = list(losses)
         if self.names is None:
             self.names = names
-        current = {"step": state["counter"], "batch": state["counter"] * 0 + batch_idx, "epoch": state["epoch_counter"]}
-        if names == self.names:
-            current["components"] = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()])
-        student, teacher = outputs if outputs is not None else (None, None)
-        inputs = [value for part in parts.values() for value in _values(part.inputs)]
-        for name, values in (("inputs", inputs), ("teacher", teacher), ("student", student)):
-            flag = _all_finite(values) if values is not None else None
-            if flag is not None:
-                current[name] = flag
-        for name, value in current.items():
-            stored = state.get(name)
-            state[name] = value if stored is None else torch.where(first, value, stored)
+        layout = (len(names), *(len(group) for group in groups))
+        if names == self.names and self.layout in (None, layout):
+            self.layout = layout
+            where = torch.cat([counts[2:4], torch.full((1,), batch_idx, dtype=torch.long, device=counts.device)])
+            current = torch.cat([where, flags[1:].long()])
+            record = state.get("record")
+            if record is None:
+                record = torch.cat([where.new_full((len(HEAD),), -1), flags.new_ones(len(flags) - 1, dtype=torch.long)])
+            state["record"] = torch.where(first, current, record)
         self.window_ok = finite if self.window_ok is None else self.window_ok & finite
         return finite
 
@@ -111,25 +127,48 @@ class NonFiniteWatch:
             return
         norms = [_whole(norm) for norm in torch._foreach_norm(grads)]  # sharded (FSDP2): one norm of the whole
         state = self._state(norms[0])
-        grads_ok = torch.stack([torch.isfinite(norm) for norm in norms]).all()
-        ok = _all_ranks(grads_ok if self.window_ok is None else grads_ok & self.window_ok)
-        first_grads = ~grads_ok & (self.window_ok if self.window_ok is not None else grads_ok.new_ones(()))
-        state["grads"] = torch.where(first_grads & (state["skipped"] == self.loaded), ~first_grads, state["grads"])
+        counts = state["counts"]
+        grads_ok = torch.isfinite(torch.stack(norms)).all()
+        window_ok = self.window_ok if self.window_ok is not None else grads_ok.new_ones(())
+        not_ok = ~_all_ranks(grads_ok & window_ok)
+        first_grads = ~grads_ok & window_ok  # gradients overflowed with finite losses
+        state["grads"] = torch.where(first_grads & (counts[0] == self.loaded), ~first_grads, state["grads"])
         for grad in grads:
-            _local(grad).masked_fill_(~ok, 0.0)
-        state["skipped"] += (~ok).long()
-        state["counter"] += 1
+            _local(grad).masked_fill_(not_ok, 0.0)
+        counts[0] += not_ok
+        counts[2] += 1
         self.window_ok = None
 
     def epoch_started(self) -> None:
         if self.device_state:
-            self.device_state["epoch_counter"] += 1
+            self.device_state["counts"][3] += 1
 
     # ----------------------------------------------------------------- host reads: logging steps, epoch ends
     @property
     def skipped(self) -> int:
         """Optimizer steps zeroed so far (a host read: logging steps, epoch ends and checkpoints only)."""
-        return int(self.device_state["skipped"]) if self.device_state else self.loaded
+        return int(self.device_state["counts"][0]) if self.device_state else self.loaded
+
+    def record(self) -> dict[str, Tensor]:
+        """The record unpacked by name (device tensors): ``step``, ``epoch``, ``batch``, ``components`` (one flag per
+        loss component), ``inputs``/``teacher``/``student`` (all their tensors finite), ``grads``, ``bad_losses``."""
+        state = self.device_state
+        if not state:
+            return {}
+        unpacked = {"bad_losses": state["counts"][1], "grads": state["grads"]}
+        record = state.get("record")
+        if record is None or self.layout is None:
+            return {**unpacked, **{name: state["counts"].new_full((), -1) for name in HEAD}}
+        unpacked.update(zip(HEAD, record[: len(HEAD)], strict=True))
+        flags = record[len(HEAD) :].bool()
+        components, *sizes = self.layout
+        unpacked["components"] = flags[:components]
+        offset = components
+        for name, size in zip(FLAGS, sizes, strict=True):
+            if size:
+                unpacked[name] = flags[offset : offset + size].all()
+            offset += size
+        return unpacked
 
     def report(self, module: Any) -> int:
         """Read the count; on new zeroed steps stop (``on_nonfinite: stop``) or warn and log them (``skip``)."""
@@ -137,7 +176,7 @@ class NonFiniteWatch:
         if count <= self.reported:
             return count
         self.reported = count
-        message = describe(module, self.names, _shared_record(self.device_state), count)
+        message = describe(module, self.names, _shared_record(self.record()), count)
         if module.on_nonfinite == "stop":
             raise NonFiniteLossError(message)
         warnings.warn(
@@ -200,7 +239,7 @@ def _values(inputs: Any) -> list[Tensor]:
 
 def describe(module: Any, names: list[str] | None, record: Mapping[str, Tensor], count: int) -> str:
     """The first non-finite step of the record (step, batch, epoch, the components ``names``) and its cause."""
-    state = {name: value.item() if value.numel() == 1 else value.tolist() for name, value in record.items()}
+    state = {name: value.tolist() if value.dim() else value.item() for name, value in record.items()}
     bad = [name for name, ok in zip(names or [], state.get("components") or [], strict=False) if not ok]
     where = f"epoch {state['epoch']}, optimizer step {state['step']}, batch {state['batch']}"
     if state["bad_losses"] == 0:
