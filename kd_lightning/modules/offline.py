@@ -138,3 +138,16 @@ class OfflineDistillation(DistillationModule):
             self.objective.ce_weight, [t.weight for t in self.objective.terms], "OfflineDistillation"
         )
         self.save_init_arguments()
+
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        """The :class:`~kd_lightning.TeacherCache` read in training (``None``: the teacher runs every step)."""
+        return self.teacher.cache if isinstance(self.teacher, CachedTeacher) else None
+
+    @teacher_cache.setter
+    def teacher_cache(self, value: Any) -> None:
+        raise AttributeError(
+            "teacher_cache is chosen when the module is built (the teacher source is a CachedTeacher or not); setting "
+            "it afterwards would change nothing: pass OfflineDistillation(..., teacher_cache=TeacherCache(...)) "
+            "instead."
+        )

@@ -9,7 +9,7 @@ import torch
 from helpers import TEACHER_WEIGHTS, fast_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from kd_lightning import DigitsCNN, DigitsDataModule, DigitsMLP, DistillTerm, OfflineDistillation
+from kd_lightning import DigitsCNN, DigitsDataModule, DigitsMLP, DistillTerm, OfflineDistillation, TeacherCache
 from kd_lightning.losses import KDLoss
 
 
@@ -237,3 +237,14 @@ def test_teacher_of_another_architecture_lists_keys():
 def test_bad_hyperparameters_fail_at_construction(terms, message):
     with pytest.raises(ValueError, match=message):
         make_module(terms=terms())
+
+
+def test_a_teacher_cache_set_after_the_module_is_built_is_refused_not_ignored(tmp_path):
+    module = OfflineDistillation(DigitsMLP(), DigitsCNN(width=32), teacher_weights=TEACHER_WEIGHTS)
+    assert module.teacher_cache is None
+    with pytest.raises(AttributeError, match=r"pass OfflineDistillation\(\.\.\., teacher_cache=TeacherCache"):
+        module.teacher_cache = TeacherCache(tmp_path / "cache")
+    cached = OfflineDistillation(
+        DigitsMLP(), DigitsCNN(width=32), teacher_weights=TEACHER_WEIGHTS, teacher_cache=TeacherCache(tmp_path / "c")
+    )
+    assert cached.teacher_cache is cached.teacher.cache
