@@ -42,11 +42,8 @@ class NonFiniteLossError(RuntimeError):
     """A training loss was NaN or infinite (its update was not applied); raised at the next logging step."""
 
 
-COUNTS = ("skipped", "bad_losses", "counter", "epoch_counter")
-"""The device counters, one ``long`` vector: optimizer steps zeroed (with those of the checkpoint resumed),
-micro-batches with a non-finite loss, optimizer steps seen, epochs started."""
-HEAD = ("step", "epoch", "batch")
-"""Where the first non-finite micro-batch was: the head of the record vector (then one flag per checked tensor)."""
+ROWS = 256
+"""Micro-batches the device ring holds between two reads; a full ring is read (one wait) before it wraps."""
 
 
 def _floating(values: Any) -> list[Tensor]:
@@ -58,12 +55,12 @@ def _floating(values: Any) -> list[Tensor]:
 class NonFiniteWatch:
     """The device-side record of one module's non-finite losses (see the module docstring).
 
-    Per micro-batch a handful of device ops (one ``isfinite`` over the stacked losses and the largest magnitudes of
-    the inputs and outputs, ``torch._foreach_norm(ord=inf)``: finite exactly when every element is); per optimizer
-    step one ``_foreach_norm`` of the gradients and one ``masked_fill_`` per gradient. The record of the first bad
-    micro-batch is one vector, ``[step, epoch, batch, flag per loss component, flag per checked tensor]``, whose
-    layout (:attr:`layout`) is kept on the host; a micro-batch with another layout (other components, other outputs)
-    counts but does not replace the record.
+    Per micro-batch: one ``torch._foreach_norm(ord=inf)`` over the loss, its components and the floating-point
+    inputs and outputs (the largest magnitude of each: finite exactly when every element is), one ``isfinite`` of
+    them stacked, and one copy of those flags into a row of a device ring (``[ROWS, flags + 1]`` bools; the row's
+    step, epoch and batch are kept on the host). Per optimizer step: one ``_foreach_norm`` of the gradients, one
+    ``masked_fill_`` per gradient, the zeroed-step counter and the gradients' flag in the window's last row. The ring
+    is read at reports (logging steps) when the counter grew, and when it is full.
     """
 
     def __init__(self) -> None:
@@ -71,50 +68,55 @@ class NonFiniteWatch:
         self.names: list[str] | None = None
         self.layout: tuple[int, ...] | None = None
         self.window_ok: Tensor | None = None
+        self.rows: list[tuple[int, int, int, bool] | None] = [None] * ROWS  # step, epoch, batch, ends a window
+        self.next_row = 0
+        self.unread = 0  # rows written since the last read
+        self.open_rows = 0  # rows of the accumulation window whose optimizer step has not come yet
+        self.first_names: list[str] | None = None
+        self.first: dict[str, Any] | None = None  # the first bad micro-batch read so far
+        self.bad_losses = 0
         self.reported = 0
         self.loaded = 0
 
     def _state(self, like: Tensor) -> dict[str, Tensor]:
-        if not self.device_state or self.device_state["counts"].device != like.device:
-            counts = torch.zeros(len(COUNTS), dtype=torch.long, device=like.device)
-            counts[0] = self.loaded  # before the fit's first step: a host-to-device write, not a read
-            self.device_state = {"counts": counts, "grads": torch.ones((), dtype=torch.bool, device=like.device)}
-            self.layout = None
-        return self.device_state
+        state = self.device_state
+        if not state or state["skipped"].device != like.device:
+            self.device_state = state = {"skipped": torch.full((), self.loaded, dtype=torch.long, device=like.device)}
+            self.layout, self.unread, self.open_rows = None, 0, 0
+        return state
 
     # ----------------------------------------------------------------- per micro-batch, in training_step
     def observe(
-        self, loss: Tensor, losses: Mapping[str, Tensor], parts: Mapping[Any, Batch], outputs: Any, batch_idx: int
+        self,
+        loss: Tensor,
+        losses: Mapping[str, Tensor],
+        parts: Mapping[Any, Batch],
+        outputs: Any,
+        batch_idx: int,
+        step: int = -1,
+        epoch: int = -1,
     ) -> Tensor:
         """Record the micro-batch's finiteness on the device; returns its device bool ``finite``."""
-        state = self._state(loss)
-        counts = state["counts"]
         student, teacher = outputs if outputs is not None else (None, None)
         inputs = [value for part in parts.values() for value in _values(part.inputs)]
         groups = [_floating(values) if values is not None else [] for values in (inputs, teacher, student)]
-        tensors = [tensor for group in groups for tensor in group]
-        scalars = torch.stack([loss.detach(), *(value.detach() for value in losses.values())]).float()
-        if tensors:
-            largest = torch.stack(torch._foreach_norm(tensors, float("inf"))).float()
-            flags = torch.isfinite(torch.cat([scalars, largest]))
-        else:
-            flags = torch.isfinite(scalars)
-        finite = flags[0]
-        bad = ~finite
-        first = bad & (counts[1] == 0)
-        counts[1] += bad
         names = list(losses)
-        if self.names is None:
-            self.names = names
+        scalars = [loss.detach(), *(value.detach() for value in losses.values())]
+        checked = scalars + [tensor for group in groups for tensor in group]
+        flags = torch.isfinite(torch.stack(torch._foreach_norm(checked, float("inf"))))
         layout = (len(names), *(len(group) for group in groups))
-        if names == self.names and self.layout in (None, layout):
-            self.layout = layout
-            where = torch.cat([counts[2:4], torch.full((1,), batch_idx, dtype=torch.long, device=counts.device)])
-            current = torch.cat([where, flags[1:].long()])
-            record = state.get("record")
-            if record is None:
-                record = torch.cat([where.new_full((len(HEAD),), -1), flags.new_ones(len(flags) - 1, dtype=torch.long)])
-            state["record"] = torch.where(first, current, record)
+        state = self._state(loss)
+        if layout != self.layout or names != self.names or "ring" not in state:
+            self.read()  # what the ring holds, read in its own layout before the ring is replaced
+            self.names, self.layout = names, layout
+            state["ring"] = torch.ones((ROWS, len(checked) + 1), dtype=torch.bool, device=loss.device)
+        if self.unread == ROWS:
+            self.read()  # a full ring: read it before its first row is overwritten (one wait per ROWS micro-batches)
+        row = self.next_row
+        state["ring"][row, :-1].copy_(flags)
+        self.rows[row] = (step, epoch, batch_idx, False)
+        self.next_row, self.unread, self.open_rows = (row + 1) % ROWS, self.unread + 1, self.open_rows + 1
+        finite = flags[0]
         self.window_ok = finite if self.window_ok is None else self.window_ok & finite
         return finite
 
@@ -123,60 +125,93 @@ class NonFiniteWatch:
         """Before the optimizer step: zero every gradient when the window had a non-finite loss or gradient."""
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
-            self.window_ok = None
+            self.window_ok, self.open_rows = None, 0
             return
         norms = [_whole(norm) for norm in torch._foreach_norm(grads)]  # sharded (FSDP2): one norm of the whole
         state = self._state(norms[0])
-        counts = state["counts"]
         grads_ok = torch.isfinite(torch.stack(norms)).all()
         window_ok = self.window_ok if self.window_ok is not None else grads_ok.new_ones(())
         not_ok = ~_all_ranks(grads_ok & window_ok)
-        first_grads = ~grads_ok & window_ok  # gradients overflowed with finite losses
-        state["grads"] = torch.where(first_grads & (counts[0] == self.loaded), ~first_grads, state["grads"])
         for grad in grads:
             _local(grad).masked_fill_(not_ok, 0.0)
-        counts[0] += not_ok
-        counts[2] += 1
-        self.window_ok = None
+        state["skipped"] += not_ok
+        last = (self.next_row - 1) % ROWS
+        if self.window_ok is not None and self.rows[last] is not None and "ring" in state:
+            state["ring"][last, -1].copy_(grads_ok)
+            step, epoch, batch, _ = self.rows[last]
+            self.rows[last] = (step, epoch, batch, True)
+        self.window_ok, self.open_rows = None, 0
 
     def epoch_started(self) -> None:
-        if self.device_state:
-            self.device_state["counts"][3] += 1
+        """Nothing to do on the device: the epoch of each micro-batch is kept on the host."""
 
     # ----------------------------------------------------------------- host reads: logging steps, epoch ends
     @property
     def skipped(self) -> int:
         """Optimizer steps zeroed so far (a host read: logging steps, epoch ends and checkpoints only)."""
-        return int(self.device_state["counts"][0]) if self.device_state else self.loaded
+        return int(self.device_state["skipped"]) if self.device_state else self.loaded
+
+    def read(self) -> None:
+        """Read the ring's unread rows (one wait): keep the first non-finite micro-batch, count the bad losses."""
+        ring = self.device_state.get("ring")
+        if ring is None or not self.unread or self.layout is None:
+            self.unread = 0
+            return
+        first_row = (self.next_row - self.unread) % ROWS
+        order = [(first_row + offset) % ROWS for offset in range(self.unread)]
+        values = ring.cpu().tolist()
+        self.unread = 0
+        components, *sizes = self.layout
+        for index in order:
+            flags, (step, epoch, batch, ends_window) = values[index], self.rows[index]
+            loss_ok, grads_ok = flags[0], flags[-1] or not ends_window
+            self.bad_losses += not loss_ok
+            if self.first is not None or (loss_ok and grads_ok):
+                continue
+            # ``grads``: the gradients overflowed although the loss was finite
+            record: dict[str, Any] = {"step": step, "epoch": epoch, "batch": batch, "grads": grads_ok or not loss_ok}
+            record["components"] = flags[1 : 1 + components]
+            offset = 1 + components
+            for name, size in zip(FLAGS, sizes, strict=True):
+                if size:
+                    record[name] = all(flags[offset : offset + size])
+                offset += size
+            self.first, self.first_names = record, list(self.names or [])
 
     def record(self) -> dict[str, Tensor]:
-        """The record unpacked by name (device tensors): ``step``, ``epoch``, ``batch``, ``components`` (one flag per
-        loss component), ``inputs``/``teacher``/``student`` (all their tensors finite), ``grads``, ``bad_losses``."""
-        state = self.device_state
-        if not state:
-            return {}
-        unpacked = {"bad_losses": state["counts"][1], "grads": state["grads"]}
-        record = state.get("record")
-        if record is None or self.layout is None:
-            return {**unpacked, **{name: state["counts"].new_full((), -1) for name in HEAD}}
-        unpacked.update(zip(HEAD, record[: len(HEAD)], strict=True))
-        flags = record[len(HEAD) :].bool()
-        components, *sizes = self.layout
-        unpacked["components"] = flags[:components]
-        offset = components
-        for name, size in zip(FLAGS, sizes, strict=True):
-            if size:
-                unpacked[name] = flags[offset : offset + size].all()
-            offset += size
-        return unpacked
+        """The first non-finite micro-batch read so far, by name, as device tensors (merged over the processes by
+        :func:`_shared_record`): ``step``, ``epoch``, ``batch``, ``components``, ``inputs``/``teacher``/``student``,
+        ``grads``, ``bad_losses``."""
+        self.read()
+        device = self.device_state["skipped"].device if self.device_state else None
+        first = self.first or self._nothing_recorded()
+        record = {"bad_losses": torch.tensor(self.bad_losses, device=device)}
+        for name, value in first.items():
+            dtype = torch.bool if isinstance(value, bool) or name == "components" else torch.long
+            record[name] = torch.tensor(value, dtype=dtype, device=device)
+        return record
+
+    def _nothing_recorded(self) -> dict[str, Any]:
+        """A record with every flag true, of the same keys and sizes as a real one (so that every process merges the
+        same tensors in :func:`_shared_record`)."""
+        record: dict[str, Any] = {"step": -1, "epoch": -1, "batch": -1, "grads": True}
+        if self.layout is not None:
+            components, *sizes = self.layout
+            record["components"] = [True] * components
+            record.update((name, True) for name, size in zip(FLAGS, sizes, strict=True) if size)
+        return record
 
     def report(self, module: Any) -> int:
         """Read the count; on new zeroed steps stop (``on_nonfinite: stop``) or warn and log them (``skip``)."""
         count = self.skipped
         if count <= self.reported:
+            # nothing was zeroed since the last read: only the rows of the open window (its optimizer step still to
+            # come) may hold a bad micro-batch
+            self.unread = min(self.unread, self.open_rows)
             return count
         self.reported = count
-        message = describe(module, self.names, _shared_record(self.record()), count)
+        record = _shared_record(self.record())
+        message = describe(module, self.first_names or self.names, record, count)
         if module.on_nonfinite == "stop":
             raise NonFiniteLossError(message)
         warnings.warn(

@@ -268,7 +268,9 @@ class DistillationModule(L.LightningModule):
         self._step_outputs = None
         losses = self.combined_losses(parts)
         loss = total_loss(losses)
-        finite = self.nonfinite.observe(loss, losses, parts, self._step_outputs, batch_idx)
+        trainer = self._trainer
+        step, epoch = (trainer.global_step, trainer.current_epoch) if trainer is not None else (-1, -1)
+        finite = self.nonfinite.observe(loss, losses, parts, self._step_outputs, batch_idx, step, epoch)
         self._step_outputs = None
         self._restore_if_not_finite = (buffers, finite) if buffers else None
         self.log_losses(loss, losses, batch_idx, sum(part.size for part in parts.values()))
