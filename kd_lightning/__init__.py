@@ -71,6 +71,9 @@ from kd_lightning.teachers import (
     TeacherCacheError,
     TeacherEnsemble,
     TeacherSource,
+    TokenStoreError,
+    TokenStoreTeacher,
+    label_corpus,
 )
 
 __version__ = "0.2.0"
@@ -121,9 +124,12 @@ __all__ = [
     "TextDataModule",
     "TinyCNN",
     "TokenLoss",
+    "TokenStoreError",
+    "TokenStoreTeacher",
     "TokenTargets",
     "TokenWindowLoader",
     "freeze",
+    "label_corpus",
     "load_weights",
     "measure_network",
     "quantized_copy",

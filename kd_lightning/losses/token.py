@@ -28,6 +28,12 @@ when only the student excludes an entry the teacher gives mass, and for reverse 
 JSD mixtures and the total variation stay finite). Logits may not be ``+inf`` or NaN, and every selected position
 needs a finite logit in each model (softmax over no entry is NaN).
 
+Sparse teachers: every loss here (not the cross-entropy) also takes the teacher as :class:`SparseLogits`, the top-k
+logits per token with the log-normaliser of the full logits (a token store's rows,
+:class:`~kd_lightning.teachers.TokenStoreTeacher`). Each chunk's teacher distribution is rebuilt from them, the mass
+outside the top k placed by the ``missing_mass`` policy the target carries (``"tail"`` or ``"renormalise"``, see
+:class:`SparseLogits`), so no ``[B, L, V]`` teacher tensor is ever made; at ``k = V`` the loss equals the dense one.
+
 Which positions count: the modules' ``positions`` tells the Lightning objective which token positions to pass as
 ``mask`` (the rules live in :mod:`kd_lightning.core.tokens`). The default, ``"real"``, distils on every real
 (non-padding) token: DistilBERT's convention, whose distiller computes its KL on every attention-masked token and
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import ClassVar
 
@@ -53,11 +60,13 @@ from kd_lightning.losses._checks import check_positive, token_normaliser
 from kd_lightning.losses.base import TokenLoss
 
 __all__ = [
+    "MISSING_MASS",
     "ForwardKLLoss",
     "GeneralizedJSDLoss",
     "ReverseKLLoss",
     "SkewKLLoss",
     "SkewReverseKLLoss",
+    "SparseLogits",
     "TVDLoss",
     "forward_kl_loss",
     "generalized_jsd_loss",
@@ -72,6 +81,142 @@ IGNORE_INDEX = -100
 POSITIONS = ("real", "labelled", "auto")
 RowsLoss = Callable[[Tensor, Tensor], Tensor]
 """``(student rows [n, V], second rows [n, ...]) -> sum over the rows of the per-token loss`` (float32 scalar)."""
+MISSING_MASS = ("tail", "renormalise")
+
+
+@dataclass(frozen=True)
+class SparseLogits:
+    """A teacher's next-token distributions stored sparsely: the top-k logits per token and their log-normaliser.
+
+    ``values[..., j]`` is the teacher's logit of token ``indices[..., j]`` and ``logsumexp`` the log-normaliser of the
+    full logits (over all ``vocab_size`` entries), so on the k stored entries ``p_i = exp(v_i - logsumexp)`` exactly
+    and the missing mass ``m = 1 - sum_i p_i`` is known. The token losses rebuild, one chunk of positions at a time,
+    the teacher distribution ``p_T`` at their temperature ``T`` by the ``missing_mass`` policy:
+
+    * ``"tail"`` (default): the k stored entries keep the teacher's own probabilities and the missing mass goes to
+      the other entries in proportion to the student's probabilities there (treated as a constant), ``p_T[j] = m_T *
+      q_T[j] / q_T(rest)``. For forward KL this is the KL over ``k + 1`` buckets (the top k and "the rest"), the
+      sparse-logit KD of DistillKit; every loss stays finite (reverse KL too). At ``T != 1`` the tempered normaliser
+      is not stored: it is computed as if the missing mass (at ``T = 1``) were spread evenly over the ``V - k`` other
+      entries, ``log Z_T = logaddexp(logsumexp(v / T), log(V - k) + t / T)`` with ``t = logsumexp + log(m / (V -
+      k))``; at ``T = 1`` it is the stored log-normaliser. The missing mass is taken as at least float32's ``eps``
+      (below it, float32 logits cannot resolve it), so the tail never has probability 0; at ``T > 1`` the tempered
+      tail mass grows as a power of ``m``, so it is as precise as the stored float32 values resolve ``m``.
+    * ``"renormalise"``: the missing mass is dropped and the k entries renormalised, ``p_T = softmax(v / T)`` on them,
+      0 elsewhere. The losses weighted by the student (reverse KL, skew reverse KL with ``skew = 0``) are then
+      ``+inf`` whenever the student gives mass outside the top k: use ``"tail"`` with them.
+
+    At ``k = V`` both policies give the dense teacher's distribution (to float rounding, any temperature).
+
+    Attributes:
+        values: ``[B, L, k]`` top-k logits (any float dtype; read in float32).
+        indices: ``[B, L, k]`` their token ids (any integer dtype).
+        logsumexp: ``[B, L]`` float32, ``logsumexp`` of the full logits of each position.
+        vocab_size: ``V``, the size of the full vocabulary.
+        missing_mass: ``"tail"`` or ``"renormalise"`` (above).
+
+    Example:
+        >>> logits = torch.randn(2, 3, 5)
+        >>> top = logits.topk(5, dim=-1)
+        >>> sparse = SparseLogits(top.values, top.indices, logits.logsumexp(-1), vocab_size=5)
+        >>> student = torch.randn(2, 3, 5)
+        >>> bool(torch.isclose(forward_kl_loss(student, sparse), forward_kl_loss(student, logits), atol=1e-6))
+        True
+    """
+
+    values: Tensor
+    indices: Tensor
+    logsumexp: Tensor
+    vocab_size: int
+    missing_mass: str = "tail"
+
+    def __post_init__(self) -> None:
+        if self.missing_mass not in MISSING_MASS:
+            raise ValueError(
+                f"expected missing_mass in {list(MISSING_MASS)} but got {self.missing_mass!r}; 'tail' spreads the "
+                f"teacher's mass outside the top k over the student's other entries, 'renormalise' drops it."
+            )
+        k = self.values.shape[-1]
+        if self.indices.shape != self.values.shape or self.logsumexp.shape != self.values.shape[:-1]:
+            raise ValueError(
+                f"expected SparseLogits values and indices of one shape [..., k] and logsumexp [...] but got "
+                f"{tuple(self.values.shape)}, {tuple(self.indices.shape)} and {tuple(self.logsumexp.shape)}."
+            )
+        if not 1 <= k <= self.vocab_size:
+            raise ValueError(f"expected 1 <= k <= vocab_size but got k={k}, vocab_size={self.vocab_size}.")
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the dense logits these stand for: ``[..., V]``."""
+        return torch.Size((*self.values.shape[:-1], self.vocab_size))
+
+    @property
+    def ndim(self) -> int:
+        return self.values.ndim
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[-1]
+
+    def detach(self) -> SparseLogits:
+        return replace(self, values=self.values.detach(), logsumexp=self.logsumexp.detach())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseLogits:
+        def move(tensor: Tensor) -> Tensor:
+            return tensor.to(device, non_blocking=non_blocking)
+
+        return replace(self, values=move(self.values), indices=move(self.indices), logsumexp=move(self.logsumexp))
+
+    def flatten(self, start_dim: int, end_dim: int) -> SparseLogits:
+        """The positions flattened as a tensor's (``flatten(0, 1)``: rows ``[B * L, k]``)."""
+        return replace(
+            self,
+            values=self.values.flatten(start_dim, end_dim),
+            indices=self.indices.flatten(start_dim, end_dim),
+            logsumexp=self.logsumexp.flatten(start_dim, end_dim),
+        )
+
+    def __getitem__(self, rows: slice) -> SparseLogits:
+        return replace(self, values=self.values[rows], indices=self.indices[rows], logsumexp=self.logsumexp[rows])
+
+    def log_probs(self, student: Tensor, temperature: float = 1.0) -> Tensor:
+        """The rebuilt teacher log-probabilities ``log p_T`` ``[n, V]`` float32 of rows ``[n, k]`` (see the class).
+
+        Args:
+            student: the student's logits of the same rows ``[n, V]`` (read, detached, by the ``"tail"`` policy).
+            temperature: ``T > 0``.
+        """
+        values = self.values.float() / temperature
+        indices = self.indices.long()
+        rest = self.vocab_size - self.k
+        if self.missing_mass == "renormalise" or rest == 0:
+            top = values - values.logsumexp(-1, keepdim=True)
+            if self.missing_mass == "tail" and temperature == 1:
+                top = values - self.logsumexp.float()[:, None]
+            dense = torch.full(student.shape, -math.inf, dtype=torch.float32, device=student.device)
+            return dense.scatter_(1, indices, top)
+        lse = self.logsumexp.float()
+        if temperature != 1:
+            tail_logit = lse + _log_missing(self.values.float().logsumexp(-1), lse) - math.log(rest)
+            lse = torch.logaddexp(values.logsumexp(-1), math.log(rest) + tail_logit / temperature)
+        top = values - lse[:, None]
+        log_missing = _log_missing(values.logsumexp(-1), lse)
+        log_q = _log_probs(student.detach(), temperature)
+        log_q_rest = log_q.scatter(1, indices, -math.inf).logsumexp(-1)
+        tail = log_missing[:, None] + (log_q - log_q_rest[:, None])
+        tail = tail.masked_fill_(torch.isnan(tail), -math.inf)
+        return tail.scatter_(1, indices, top)
+
+
+def _log_missing(top: Tensor, full: Tensor) -> Tensor:
+    """``log(1 - exp(top - full))``: the log of the mass outside the top k from the log-normalisers of the top k and
+    of all entries, at least float32's ``eps`` (a smaller mass is below the resolution of float32 logits)."""
+    return (-torch.expm1(top - full)).clamp_min(torch.finfo(torch.float32).eps).log()
+
 
 # ---------------------------------------------------------------- checks
 
@@ -134,14 +279,21 @@ def _row_mask(mask: Tensor | None, shape: torch.Size, device: torch.device, loss
 # ---------------------------------------------------------------- chunked sum over token positions
 
 
-def _chunk_loss(rows_loss: RowsLoss, first: Tensor, second: Tensor, keep: Tensor | None) -> Tensor:
+def _chunk_loss(
+    rows_loss: RowsLoss, first: Tensor, second: Tensor | SparseLogits, keep: Tensor | None, temperature: float = 1.0
+) -> Tensor:
     """The sum of one chunk's per-token losses; rows outside ``keep`` count 0.
+
+    Sparse teacher rows (:class:`SparseLogits`) are first rebuilt as dense logits ``T * log p_T`` of this chunk only
+    (their policy for the missing mass), whose tempered softmax is the rebuilt distribution.
 
     An unselected row is neutralised before the maths, never masked after it: its logits become zeros on both sides
     (two equal distributions: every KL-family loss and the TVD are exactly 0, with a zero gradient) and its label
     becomes ``-100`` (ignored by the cross-entropy). So a padded position holding NaN or ``-inf`` logits reaches
     neither the value nor the gradient.
     """
+    if isinstance(second, SparseLogits):
+        second = second.log_probs(first, temperature) * temperature
     if keep is not None:
         first = first.masked_fill(~keep[:, None], 0)
         second = second.masked_fill(~keep, IGNORE_INDEX) if second.ndim == 1 else second.masked_fill(~keep[:, None], 0)
@@ -149,7 +301,12 @@ def _chunk_loss(rows_loss: RowsLoss, first: Tensor, second: Tensor, keep: Tensor
 
 
 def _sum_over_rows(
-    rows_loss: RowsLoss, first: Tensor, second: Tensor, keep: Tensor | None, chunk_size: int | None
+    rows_loss: RowsLoss,
+    first: Tensor,
+    second: Tensor | SparseLogits,
+    keep: Tensor | None,
+    chunk_size: int | None,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Sum of ``rows_loss`` over the rows of ``first`` / ``second`` selected by ``keep``, ``chunk_size`` rows at a time.
 
@@ -169,10 +326,17 @@ def _sum_over_rows(
         kept = None if keep is None else keep[chunk]
         if checkpointed:
             part = checkpoint(
-                _chunk_loss, rows_loss, first[chunk], second[chunk], kept, use_reentrant=False, preserve_rng_state=False
+                _chunk_loss,
+                rows_loss,
+                first[chunk],
+                second[chunk],
+                kept,
+                temperature,
+                use_reentrant=False,
+                preserve_rng_state=False,
             )
         else:
-            part = _chunk_loss(rows_loss, first[chunk], second[chunk], kept)
+            part = _chunk_loss(rows_loss, first[chunk], second[chunk], kept, temperature)
         total = total + part
     return total
 
@@ -186,11 +350,16 @@ def _token_loss(
     num_tokens: Tensor | float | None,
     chunk_size: int | None,
     scale: float = 1.0,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """Check the pair, sum the per-token losses of the selected positions chunk by chunk, scale and normalise."""
+    """Check the pair, sum the per-token losses of the selected positions chunk by chunk, scale and normalise.
+
+    ``teacher`` may be :class:`SparseLogits`, rebuilt chunk by chunk at ``temperature`` (the loss's own).
+    """
     _check_pair(student, teacher, loss)
     keep = _row_mask(mask, student.shape[:2], student.device, loss)
-    total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher.detach().flatten(0, 1), keep, chunk_size)
+    teacher_rows = teacher.detach().flatten(0, 1)
+    total = _sum_over_rows(rows_loss, student.flatten(0, 1), teacher_rows, keep, chunk_size, temperature)
     count = keep.sum() if keep is not None else student.shape[0] * student.shape[1]
     return total * scale / token_normaliser(num_tokens, count, total, loss)
 
@@ -307,7 +476,9 @@ def forward_kl_loss(
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
     rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=0.0, reverse=False)
-    return _token_loss("forward_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+    return _token_loss(
+        "forward_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2, temperature
+    )
 
 
 def reverse_kl_loss(
@@ -353,7 +524,9 @@ def reverse_kl_loss(
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
     rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=0.0, reverse=True)
-    return _token_loss("reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+    return _token_loss(
+        "reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2, temperature
+    )
 
 
 def generalized_jsd_loss(
@@ -410,7 +583,7 @@ def generalized_jsd_loss(
     else:
         rows_loss = partial(_jsd_rows, temperature=temperature, beta=beta)
     return _token_loss(
-        "generalized_jsd_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2
+        "generalized_jsd_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2, temperature
     )
 
 
@@ -462,7 +635,9 @@ def skew_kl_loss(
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
     rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=skew, reverse=False)
-    return _token_loss("skew_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2)
+    return _token_loss(
+        "skew_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2, temperature
+    )
 
 
 def skew_reverse_kl_loss(
@@ -511,7 +686,7 @@ def skew_reverse_kl_loss(
     _check_chunk_size(chunk_size)
     rows_loss = partial(_skew_kl_rows, temperature=temperature, skew=skew, reverse=True)
     return _token_loss(
-        "skew_reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2
+        "skew_reverse_kl_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature**2, temperature
     )
 
 
@@ -553,7 +728,9 @@ def total_variation_loss(
     check_positive("temperature", temperature)
     _check_chunk_size(chunk_size)
     rows_loss = partial(_tvd_rows, temperature=temperature)
-    return _token_loss("total_variation_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size)
+    return _token_loss(
+        "total_variation_loss", rows_loss, student, teacher, mask, num_tokens, chunk_size, temperature=temperature
+    )
 
 
 def token_cross_entropy(
