@@ -1,5 +1,6 @@
 """Export the deployable network (the module's ``student``) at the end of fit: ``ExportWeights`` writes its state
-dict, ``ExportStudent`` writes it as safetensors, TorchScript and ONNX, each file checked (the files of
+dict, ``ExportStudent`` writes it as safetensors, TorchScript and ONNX (a language model: safetensors, a Hugging Face
+folder, a sentence-transformers folder and ONNX), each file checked, with its preprocessing (the files of
 ``kd-lightning-export``), ``ConvertQuantized`` writes a quantization-aware student as int8 TorchScript. All three
 take one decision whether the fit's weights may be written (:meth:`TrainedWeightsExport.checked_weights`).
 
@@ -25,13 +26,38 @@ from torch import Tensor
 from kd_lightning.callbacks.outputs import PlannedOutput, check_run_outputs
 from kd_lightning.core.batch import parse_parts
 from kd_lightning.core.networks import hookless_copy
-from kd_lightning.export.formats import FORMATS, check_formats, export_network, export_paths, write_int8
+from kd_lightning.export.deploy import is_language_model
+from kd_lightning.export.formats import FORMATS, export_network, export_paths, write_int8
+from kd_lightning.export.preprocessing import (
+    image_preprocessing,
+    is_preprocessing,
+    onnx_metadata,
+    preprocessing_path,
+    text_preprocessing,
+    write_preprocessing,
+)
+from kd_lightning.export.text import (
+    FOLDER_FORMATS,
+    TEXT_FORMATS,
+    Pooling,
+    TextExport,
+    check_sentence_encoder,
+    export_text,
+    model_card,
+    model_kind,
+    pooling_of_folder,
+    text_export_paths,
+)
 from kd_lightning.files import atomic_write, read_checkpoint
+from kd_lightning.files.local_dirs import local_directory
 from kd_lightning.files.outputs import is_torchscript, same_weights
 from kd_lightning.files.weights import first_nonfinite
 from kd_lightning.models.quantized import QuantizedNetwork
 
 STUDENT_PREFIX = "student."
+TEXT_DEFAULT = ("safetensors", "hf", "onnx")
+"""The formats of a language model when ``formats`` is not set (and ``sentence-transformers`` for an encoder whose
+pooling is known)."""
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | Path) -> Path:
@@ -208,42 +234,150 @@ class ExportStudent(TrainedWeightsExport):
     The files (``student.safetensors``, ``student.torchscript.pt``, ``student.onnx`` in ``dirpath``) come from
     :func:`kd_lightning.export.formats.export_network`: each is loaded back (ONNX with onnxruntime) and checked against
     the PyTorch student on the first training batch and on a batch of one before it is put in place; the summary
-    (sizes, max abs differences) is logged. Nothing is written after a fit that made no optimizer step, failed, or
-    left non-finite weights (a warning says why). Replacing files of an earlier export is logged.
+    (sizes, max abs differences) is logged. A language model is written by :func:`kd_lightning.export.text.export_text`:
+    ``student.safetensors``, a Hugging Face folder ``student_hf/`` (with the tokenizer of the fit's datamodule and a
+    model card), ``student.onnx`` (``input_ids``/``attention_mask``, dynamic batch and sequence) and, for an encoder
+    with a known pooling, ``student_sentence_transformers/``. ``student.preprocessing.json`` (also in the ONNX file's
+    metadata) records the input normalisation and shape, the class names, or the tokenizer. Nothing is written after a
+    fit that made no optimizer step, failed, or left non-finite weights (a warning says why). Replacing files of an
+    earlier export is logged.
 
     Args:
         dirpath: folder of the files; ``None``: ``<trainer.log_dir>/export``.
-        formats: some of ``safetensors``, ``torchscript``, ``onnx`` (ONNX needs ``pip install 'kd_lightning[export]'``).
+        formats: some of ``safetensors``, ``torchscript``, ``onnx`` (ONNX needs ``pip install 'kd_lightning[export]'``);
+            for a language model some of ``safetensors``, ``hf``, ``sentence-transformers``, ``onnx``. ``None``:
+            ``safetensors``, ``torchscript``, ``onnx`` (a language model: ``safetensors``, ``hf``, ``onnx``, and
+            ``sentence-transformers`` for an encoder whose pooling is known).
         best: export the best checkpoint of the ``ModelCheckpoint`` callback, if it saved one, else the final weights.
         opset: ONNX opset; ``None``: the exporter's default.
+        tokenizer: a language model: the tokenizer folder (``None``: the datamodule's ``tokenizer``).
+        pooling: an encoder's sentence embedding (``mean``, ``cls``, ``max``, ``+normalize``; ``None``: the pooling of
+            the tokenizer folder when it is a sentence-transformers folder).
     """
 
     def __init__(
-        self, dirpath: str | None = None, formats: Sequence[str] = FORMATS, best: bool = True, opset: int | None = None
+        self,
+        dirpath: str | None = None,
+        formats: Sequence[str] | None = None,
+        best: bool = True,
+        opset: int | None = None,
+        tokenizer: str | None = None,
+        pooling: str | None = None,
     ) -> None:
-        check_formats(formats)
+        known = [*FORMATS, *(fmt for fmt in TEXT_FORMATS if fmt not in FORMATS)]
+        if formats is not None and (isinstance(formats, str) or not formats or set(formats) - set(known)):
+            raise ValueError(f"expected formats from {known} but got {formats!r}; pass a list of them.")
         super().__init__(best)
-        self.dirpath, self.formats, self.opset = dirpath, list(formats), opset
+        self.dirpath, self.opset = dirpath, opset
+        self.formats = None if formats is None else list(formats)
+        self.tokenizer, self.pooling = tokenizer, None if pooling is None else Pooling.parse(pooling)
+        self.text: TextExport | None = None
 
     def folder(self, trainer: L.Trainer) -> Path:
         """Where the files go: ``dirpath``, else ``<trainer.log_dir>/export``."""
         return Path(self.dirpath if self.dirpath is not None else os.path.join(trainer.log_dir or ".", "export"))
 
+    def formats_for(self, pl_module: L.LightningModule) -> list[str]:
+        """The formats written for this module's student (the defaults depend on whether it is a language model)."""
+        student = pl_module.student
+        if not is_language_model(student):
+            formats = list(self.formats or FORMATS)
+            text_only = [fmt for fmt in formats if fmt not in FORMATS]
+            if text_only:
+                raise ValueError(
+                    f"ExportStudent: formats {text_only} write folders of a transformers language model but the "
+                    f"student is {type(student).__name__}, a network called on one float tensor; set ExportStudent."
+                    "formats to some of [safetensors, onnx, torchscript]."
+                )
+            return formats
+        if self.formats is not None:
+            if "torchscript" in self.formats:
+                raise ValueError(
+                    f"ExportStudent: TorchScript is not written for a language model ({type(student).__name__}); set "
+                    f"ExportStudent.formats to some of {list(TEXT_FORMATS)}."
+                )
+            return list(self.formats)
+        encoder = model_kind(student) != "causal_lm" and self.text is not None and self.text.pooling is not None
+        return [*TEXT_DEFAULT, *(["sentence-transformers"] if encoder else [])]
+
+    def paths(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Path]:
+        """``{format: path}`` of the export, and ``preprocessing``: the preprocessing file."""
+        folder, formats = self.folder(trainer), self.formats_for(pl_module)
+        if is_language_model(pl_module.student):
+            paths = text_export_paths(folder, "student", formats)
+        else:
+            paths = export_paths(folder, "student", formats)
+        return {**paths, "preprocessing": preprocessing_path(folder, "student")}
+
     def planned_outputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PlannedOutput]:
-        """``student.<format>`` in :meth:`folder`; an existing safetensors file must hold the same architecture."""
-        kinds = {"safetensors": same_weights(pl_module.student.state_dict()), "torchscript": is_torchscript}
+        """``student.<format>`` in :meth:`folder` (a folder format through its ``config.json``) and the preprocessing
+        file; an existing safetensors file must hold the same architecture."""
+        kinds = {
+            "safetensors": same_weights(pl_module.student.state_dict()),
+            "torchscript": is_torchscript,
+            "preprocessing": is_preprocessing,
+        }
         what = f"the exported {type(pl_module.student).__name__}"
-        paths = export_paths(self.folder(trainer), "student", self.formats)
-        return [(path, what, f"ExportStudent ({fmt})", kinds.get(fmt)) for fmt, path in paths.items()]
+        planned = []
+        for fmt, path in self.paths(trainer, pl_module).items():
+            if fmt in FOLDER_FORMATS:
+                if path.exists() and not (path / "config.json").is_file():
+                    raise ValueError(
+                        f"ExportStudent ({fmt}): {path} exists and is not a folder of an earlier export (no "
+                        "config.json): writing the export there would replace it; set ExportStudent.dirpath to "
+                        "another folder."
+                    )
+                path = path / "config.json"
+            planned.append((path, what, f"ExportStudent ({fmt})", kinds.get(fmt)))
+        return planned
+
+    def files_read(self) -> dict[str, str]:
+        """The tokenizer folder a language model's Hugging Face folder copies (no export may be written inside it)."""
+        text = getattr(self, "text", None)
+        return {} if text is None else {str(text.tokenizer_dir): "the tokenizer folder the export copies"}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Before the first step: the outputs must not replace anything good, and the student must take the inputs
-        the TorchScript and ONNX formats are checked on (one tensor ``[B, ...]``)."""
+        """Before the first step: a language model's tokenizer and pooling, the outputs must not replace anything
+        good, and an image student must take the inputs the TorchScript and ONNX formats are checked on (one tensor
+        ``[B, ...]``)."""
         if stage != "fit":
             return
+        if is_language_model(pl_module.student):
+            self.text = self.text_export(trainer, pl_module)
+            if "sentence-transformers" in self.formats_for(pl_module):
+                check_sentence_encoder(pl_module.student, self.text.pooling if self.text else self.pooling)
         check_run_outputs(self, trainer, pl_module)
-        if set(self.formats) - {"safetensors"} and training_loader(trainer, pl_module) is not None:
-            example_inputs(trainer, pl_module)  # dict (text) batches: refused here, not after the fit
+        if is_language_model(pl_module.student):
+            return
+        if set(self.formats_for(pl_module)) - {"safetensors"} and training_loader(trainer, pl_module) is not None:
+            example_inputs(trainer, pl_module)  # dict batches of a non-transformers network: refused here
+
+    def text_export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> TextExport | None:
+        """The tokenizer (``tokenizer``, else the datamodule's), pooling and preprocessing of a language model;
+        ``None`` when neither names a tokenizer and no format needs one."""
+        from kd_lightning.data.corpus import load_tokenizer
+
+        datamodule = trainer.datamodule
+        hparams = dict(getattr(datamodule, "hparams", None) or {})
+        spec = self.tokenizer or hparams.get("tokenizer")
+        if spec is None:
+            if not set(self.formats or TEXT_DEFAULT) & {"hf", "sentence-transformers"}:
+                return None
+            raise ValueError(
+                "ExportStudent: a Hugging Face folder carries the tokenizer of the fit, but its datamodule names no "
+                "tokenizer folder; set ExportStudent.tokenizer to it, or formats: [safetensors, onnx]."
+            )
+        field = "ExportStudent.tokenizer" if self.tokenizer else "data.init_args.tokenizer"
+        directory = local_directory(str(spec), "tokenizer", field=field)
+        tokenizer = getattr(datamodule, "tokenizer", None) if self.tokenizer is None else None
+        tokenizer = tokenizer or load_tokenizer(str(spec), field=field)
+        student = pl_module.student
+        pooling = self.pooling or pooling_of_folder(directory)
+        encoder = pooling if model_kind(student) != "causal_lm" else None
+        max_length = hparams.get("max_length")
+        output = "logits" if model_kind(student) != "base" else "last_hidden_state"
+        info = text_preprocessing(spec, max_length, output, encoder.as_dict() if encoder else None)
+        return TextExport(str(spec), directory, tokenizer, max_length, encoder, "", info)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -256,18 +390,62 @@ class ExportStudent(TrainedWeightsExport):
             return
         network = hookless_copy(pl_module.student).cpu().eval()
         network.load_state_dict(state_dict, strict=True)
-        for target in export_paths(folder, "student", self.formats).values():
+        paths = self.paths(trainer, pl_module)
+        for target in paths.values():
             existing = describe_existing(target)
             if existing is not None:
                 rank_zero_info(f"ExportStudent: replacing {target} ({existing})")
-        files = export_network(
-            network, folder, example_inputs(trainer, pl_module), self.formats, opset=self.opset, log=rank_zero_info
-        )
+        formats = self.formats_for(pl_module)
+        if is_language_model(network):
+            info = self.text.preprocessing if self.text is not None else text_preprocessing("unknown", None, "logits")
+            files = self.export_language_model(trainer, pl_module, network, folder, formats, source, info)
+        else:
+            inputs = example_inputs(trainer, pl_module)
+            info = image_preprocessing(trainer.datamodule, list(inputs.shape[1:]), "the first training batch")
+            files = export_network(
+                network, folder, inputs, formats, opset=self.opset, log=rank_zero_info, metadata=onnx_metadata(info)
+            )
+        sidecar = write_preprocessing(paths["preprocessing"], info)
         for file in files:
             rank_zero_info(
                 f"ExportStudent: saved {type(network).__name__} ({source}) to {file.path} ({file.size / 1000:,.1f} "
                 f"kB, max abs diff {file.max_abs_diff:.3g}: {file.how})"
             )
+        rank_zero_info(f"ExportStudent: saved the inputs' preprocessing to {sidecar}")
+
+    def export_language_model(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        network: torch.nn.Module,
+        folder: Path,
+        formats: list[str],
+        source: str,
+        info: dict[str, Any],
+    ) -> list:
+        """Write a language model's formats, checked on the inputs of the fit's first training batch."""
+        loader = training_loader(trainer, pl_module)
+        loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader
+        inputs = next(iter(parse_parts(next(iter(loader))).values())).inputs
+        text = self.text
+        if text is None:  # safetensors and onnx need no tokenizer
+            text = TextExport("unknown", Path("."), None, None, None, "", info)
+        teacher = getattr(pl_module, "teacher", None)
+        networks = teacher.networks() if callable(getattr(teacher, "networks", None)) else {}
+        teacher_network = next(iter(networks.values()), None)
+        text.card = model_card(
+            network, dict(pl_module.hparams), None, text, source, type(pl_module).__name__, teacher_network
+        )
+        return export_text(
+            network,
+            folder,
+            {key: value.detach().cpu() for key, value in inputs.items()},
+            text,
+            formats,
+            opset=self.opset,
+            log=rank_zero_info,
+            metadata=onnx_metadata(info),
+        )
 
 
 def training_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:

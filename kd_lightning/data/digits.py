@@ -105,6 +105,7 @@ class DigitsDataModule(SplitDataModule):
 
     num_classes = 10
     input_shape = (1, 8, 8)
+    class_names = tuple("0123456789")
 
     def __init__(
         self,
@@ -152,6 +153,7 @@ class DigitsDataModule(SplitDataModule):
             train_labels[unlabelled] = IGNORE_INDEX
         mean, std = images[train].mean(), images[train].std()
         pixels = torch.from_numpy((images - mean) / std)
+        self.normalization = {"mean": (float(mean),), "std": (float(std),), "scale": 1.0}  # of the raw 0-16 pixels
         for name, split in (("train", train), ("val", val), ("test", test)):
             shift = 1 if (hp.augment and name == "train") else 0
             split_labels = torch.from_numpy(train_labels if name == "train" else labels)

@@ -156,18 +156,49 @@ def datamodule_inputs(checkpoint: Mapping[str, Any]) -> tuple[Tensor, str] | Non
     """A test batch's inputs from the datamodule the checkpoint's run used, and where it came from.
 
     ``None`` when the checkpoint names no datamodule (saved from Python). The datamodule is rebuilt from its saved
-    hyperparameters, in the main process (``num_workers=0``), and its ``predict_dataloader`` (every kd_lightning
-    datamodule's: the test split) gives the first batch.
+    hyperparameters (:func:`datamodule_batch`).
 
     Raises:
         ValueError: the datamodule names a class that does not import, or gives no tensor batch (its data is not
             there, its inputs are not one tensor); the message says to pass an input shape instead.
+    """
+    found = datamodule_batch(checkpoint)
+    if found is None:
+        return None
+    datamodule, inputs, source = found
+    return one_tensor(inputs, type(datamodule).__name__), source
+
+
+def one_tensor(inputs: Any, datamodule: str) -> Tensor:
+    """A batch's inputs as one float tensor ``[B, ...]``, or the error of a datamodule whose inputs are not one."""
+    if not isinstance(inputs, Tensor):
+        raise ValueError(
+            f"expected the inputs of {datamodule}'s batches to be one tensor [B, ...] but got "
+            f"{type(inputs).__name__}; every export is checked by calling the network on one tensor: pass the shape "
+            "of one sample it takes as one tensor, e.g. --input-shape 3,224,224 (random inputs of that shape)."
+        )
+    return inputs.float() if not inputs.is_floating_point() else inputs
+
+
+def datamodule_batch(
+    checkpoint: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> tuple[Any, Tensor | dict[str, Tensor], str] | None:
+    """``(datamodule, inputs of its first test batch, where they came from)`` of the checkpoint's run.
+
+    ``None`` when the checkpoint names no datamodule (saved from Python). The datamodule is rebuilt from its saved
+    hyperparameters (with ``overrides``, e.g. another ``tokenizer`` folder), in the main process
+    (``num_workers=0``), and its ``predict_dataloader`` (every kd_lightning datamodule's: the test split) gives the
+    first batch; the datamodule is returned set up, so its normalisation is known.
+
+    Raises:
+        ValueError: the datamodule names a class that does not import, or gives no batch.
     """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     path = hparams.get("_class_path")
     if not path:
         return None
     arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
+    arguments.update(overrides or {})
     if "num_workers" in arguments:
         arguments["num_workers"] = 0
     fix = "pass the shape of one input sample instead, e.g. --input-shape 1,8,8 (random inputs of that shape)"
@@ -185,14 +216,7 @@ def datamodule_inputs(checkpoint: Mapping[str, Any]) -> tuple[Tensor, str] | Non
             f"cannot draw a batch from the checkpoint's datamodule {cls.__name__} ({type(error).__name__}: {detail}); "
             f"{fix}."
         ) from error
-    inputs = Batch.parse(batch).inputs
-    if not isinstance(inputs, Tensor):
-        raise ValueError(
-            f"expected the inputs of {cls.__name__}'s batches to be one tensor [B, ...] but got "
-            f"{type(inputs).__name__}; every export is checked by calling the network on one tensor: pass the shape "
-            "of one sample it takes as one tensor, e.g. --input-shape 3,224,224 (random inputs of that shape)."
-        )
-    return inputs.float() if not inputs.is_floating_point() else inputs, f"a test batch of {cls.__name__}"
+    return datamodule, Batch.parse(batch).inputs, f"a test batch of {cls.__name__}"
 
 
 def random_inputs(shape: Sequence[int], batch_size: int = RANDOM_BATCH) -> Tensor:
@@ -210,17 +234,13 @@ def is_language_model(network: nn.Module) -> bool:
 
 
 def language_model_error(network: nn.Module, path: str | Path, input_shape: Sequence[int] | None) -> ValueError:
-    """The error of exporting a language model: what it takes, and how to save it instead."""
-    given, drop = "", ""
-    if input_shape is not None:
-        given = f", not random float inputs of --input-shape {','.join(map(str, input_shape))} (an image shape)"
-        drop = " Drop --input-shape."
-    load = f"from kd_lightning.export.deploy import load_module; load_module({str(path)!r})"
+    """The error of exporting a language model on random float inputs: what it takes, and what to pass instead."""
+    shape = ",".join(map(str, input_shape or ()))
     return ValueError(
         f"the student of {str(path)!r} is a language model ({type(network).__name__}): it takes token ids (input_ids "
-        f"[B, L] with an attention_mask){given}, and kd-lightning-export writes networks called on one float tensor "
-        f"(images).{drop} Save a language model as a Hugging Face folder instead, in Python: `{load}.student."
-        f"save_pretrained('DIR')` (from_pretrained reloads it), or keep its weights with the ExportWeights callback."
+        f"[B, L] with an attention_mask), not random float inputs of --input-shape {shape} (an image shape); drop "
+        "--input-shape: its exports are checked on the tokens of the run's datamodule and written as a Hugging Face "
+        "folder (--formats hf, as save_pretrained writes it, with the tokenizer), ONNX and safetensors."
     )
 
 
@@ -250,11 +270,14 @@ def check_inputs_fit(network: nn.Module, inputs: Tensor, source: str) -> Tensor:
 
 
 def logits_of(output: Any) -> Tensor | None:
-    """The logits of a network's output: the tensor itself, ``output.logits``, or the first item of a tuple."""
+    """The logits of a network's output: the tensor itself, ``output.logits``, the ``last_hidden_state`` of an encoder
+    without a head, or the first item of a tuple."""
     if isinstance(output, Tensor):
         return output
     if isinstance(getattr(output, "logits", None), Tensor):
         return output.logits
+    if isinstance(getattr(output, "last_hidden_state", None), Tensor):
+        return output.last_hidden_state
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     return None

@@ -17,9 +17,10 @@ import copy
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,14 @@ from kd_lightning.files import atomic_write, read_tensors
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
-TOLERANCE = {"safetensors": 1e-6, "torchscript": 1e-5, "onnx": 1e-4, "int8": 1e-5}
+TOLERANCE = {
+    "safetensors": 1e-6,
+    "torchscript": 1e-5,
+    "onnx": 1e-4,
+    "int8": 1e-5,
+    "hf": 1e-5,
+    "sentence-transformers": 1e-5,
+}
 """Largest max abs difference to PyTorch a format may show, relative to the logits' scale (``max(1, max |logit|)``)."""
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 DYNAMO_MIN_OPSET = 18
@@ -42,6 +50,9 @@ OPERATOR_PATTERNS = (
     re.compile(r"\b(\w+::\w+)"),
 )
 Log = Callable[[str], object]
+Inputs = Tensor | Mapping[str, Tensor]
+"""What a network is called on: one tensor ``[B, ...]`` (``network(x)``), or keyword tensors ``[B, L]``
+(``network(**inputs)``: ``input_ids``, ``attention_mask``)."""
 
 
 @dataclass
@@ -76,6 +87,7 @@ def export_network(
     name: str = "student",
     opset: int | None = None,
     log: Log = print,
+    metadata: Mapping[str, str] | None = None,
 ) -> list[ExportedFile]:
     """Write ``network`` (eval mode, CPU) into ``folder`` in every format of ``formats``, each file checked.
 
@@ -87,6 +99,7 @@ def export_network(
         name: the files' stem.
         opset: ONNX opset; ``None``: the exporter's default.
         log: where the fallbacks (TorchScript traced, the TorchScript-based ONNX exporter) are reported.
+        metadata: ``metadata_props`` of the ONNX file (the preprocessing, :mod:`kd_lightning.export.preprocessing`).
 
     Raises:
         ValueError: a format cannot be written or its file does not reproduce the network; the message names the
@@ -100,10 +113,12 @@ def export_network(
     if len(example_input) < 2:  # torch.export specialises a batch of one: the ONNX batch would not be dynamic
         example_input = torch.cat([example_input, example_input])
     writers = {"safetensors": write_safetensors, "torchscript": write_torchscript, "onnx": write_onnx}
-    return [writers[fmt](network, paths[fmt], example_input, opset=opset, log=log) for fmt in formats]
+    return [
+        writers[fmt](network, paths[fmt], example_input, opset=opset, log=log, metadata=metadata) for fmt in formats
+    ]
 
 
-def write_safetensors(network: nn.Module, path: Path, example_input: Tensor, **_: object) -> ExportedFile:
+def write_safetensors(network: nn.Module, path: Path, example_input: Inputs, **_: object) -> ExportedFile:
     """The state dict as safetensors, checked by loading it (strict) into a zeroed copy of the network."""
     from safetensors.torch import save_file
 
@@ -161,13 +176,22 @@ def to_torchscript(network: nn.Module, example_input: Tensor, log: Log = print) 
 
 
 def write_onnx(
-    network: nn.Module, path: Path, example_input: Tensor, opset: int | None = None, log: Log = print, **_: object
+    network: nn.Module,
+    path: Path,
+    example_input: Tensor,
+    opset: int | None = None,
+    log: Log = print,
+    metadata: Mapping[str, str] | None = None,
+    **_: object,
 ) -> ExportedFile:
-    """ONNX with a dynamic batch dimension (at ``opset``, checked in the file), checked with onnxruntime."""
+    """ONNX with a dynamic batch dimension (at ``opset``, checked in the file, with ``metadata`` as its
+    ``metadata_props``), checked with onnxruntime."""
     made: list[str] = []
 
     def write(temporary: Path) -> None:
         exporter = to_onnx(network, example_input, temporary, opset, log)
+        if metadata:
+            add_onnx_metadata(temporary, metadata)
         written = onnx_opset(temporary)
         if opset is not None and written != opset:
             raise ValueError(
@@ -179,6 +203,26 @@ def write_onnx(
     file = _write_checked("onnx", network, path, example_input, write, _onnx_runner, "")
     file.how = made[0]
     return file
+
+
+def add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Set ``metadata_props`` of the ONNX file at ``path`` (keys already there are replaced)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [entry for entry in model.metadata_props if entry.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=str(key), value=str(value))
+    onnx.save(model, str(path))
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, as a dict."""
+    import onnx
+
+    return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def onnx_opset(path: Path) -> int | None:
@@ -266,39 +310,59 @@ def _write_checked(
     fmt: str,
     network: nn.Module,
     path: Path,
-    example_input: Tensor,
+    example_input: Inputs,
     write: Callable[[Path], object],
-    load: Callable[[Path], Callable[[Tensor], object]],
+    load: Callable[[Path], Callable[..., object]],
     how: str,
+    extra: Sequence[Inputs] = (),
 ) -> ExportedFile:
-    """Write with ``write`` into a temporary file, check what ``load`` makes of it, then put it at ``path``."""
+    """Write with ``write`` into a temporary file, check what ``load`` makes of it (on the example batch, its first
+    sample and the ``extra`` batches), then put it at ``path``."""
     diffs: list[float] = []
 
     def write_and_check(temporary: Path) -> None:
         write(temporary)
-        diffs.append(max_abs_diff(fmt, network, load(temporary), example_input))
+        diffs.append(max_abs_diff(fmt, network, load(temporary), example_input, extra))
 
     atomic_write(path, write_and_check)
     return ExportedFile(fmt, path, path.stat().st_size, diffs[0], how)
 
 
-def max_abs_diff(fmt: str, network: nn.Module, loaded: Callable[[Tensor], object], example_input: Tensor) -> float:
-    """The largest ``|loaded - network|`` over the example batch and its first sample; raise above the tolerance."""
+def call(network: Callable[..., object], inputs: Inputs) -> Any:
+    """``network(inputs)`` for a tensor, ``network(**inputs)`` for keyword tensors."""
+    return network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
+
+
+def first_rows(inputs: Inputs, rows: int = 1) -> Inputs:
+    """The first ``rows`` samples of a batch (of every keyword tensor)."""
+    return {key: value[:rows] for key, value in inputs.items()} if isinstance(inputs, Mapping) else inputs[:rows]
+
+
+def shape_of(inputs: Inputs) -> list[int]:
+    """The shape of a batch (of its first keyword tensor)."""
+    return list(next(iter(inputs.values())).shape if isinstance(inputs, Mapping) else inputs.shape)
+
+
+def max_abs_diff(
+    fmt: str, network: nn.Module, loaded: Callable[..., object], example_input: Inputs, extra: Sequence[Inputs] = ()
+) -> float:
+    """The largest ``|loaded - network|`` over the example batch, its first sample and the ``extra`` batches; raise
+    above the tolerance."""
     worst = 0.0
-    for inputs in (example_input, example_input[:1]):
+    for inputs in (example_input, first_rows(example_input), *extra):
         with torch.no_grad():
-            expected = logits_of(network(inputs))
+            expected = logits_of(call(network, inputs))
             try:
-                got = logits_of(loaded(inputs))
+                got = logits_of(call(loaded, inputs))
             except Exception as error:
                 raise ValueError(
-                    f"the exported {fmt} file does not run on inputs of shape {list(inputs.shape)} "
+                    f"the exported {fmt} file does not run on inputs of shape {shape_of(inputs)} "
                     f"({type(error).__name__}: {_first_line(error)}); it was not written."
                 ) from error
         if got is None or got.shape != expected.shape:
             shape = None if got is None else list(got.shape)
             raise ValueError(
-                f"the exported {fmt} file gives outputs of shape {shape} on inputs {list(inputs.shape)} but the "
+                f"the exported {fmt} file gives outputs of shape {shape} on inputs {shape_of(inputs)} but the "
                 f"network gives {list(expected.shape)}; it was not written."
             )
         diff = float((got.float() - expected.float()).abs().max()) if expected.numel() else 0.0
@@ -306,7 +370,7 @@ def max_abs_diff(fmt: str, network: nn.Module, loaded: Callable[[Tensor], object
         if not diff <= limit:
             raise ValueError(
                 f"the exported {fmt} file does not reproduce the network: its outputs differ by up to {diff:.3g} "
-                f"(more than {limit:.3g}) on inputs {list(inputs.shape)}; it was not written."
+                f"(more than {limit:.3g}) on inputs {shape_of(inputs)}; it was not written."
             )
         worst = max(worst, diff)
     return worst

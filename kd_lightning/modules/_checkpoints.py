@@ -87,10 +87,18 @@ def check_architecture(module: nn.Module, state_dict: Mapping[str, Tensor], sour
 
 
 def unbuilt_adapters(module: nn.Module) -> set[str]:
-    """State-dict prefixes of lazy adapters that have not been built yet (their keys appear only once built)."""
+    """State-dict prefixes of lazy adapters that have not been built yet (their keys appear only once built), and of
+    hidden-state losses whose layer map's widths are not known yet (their ``widths`` and projections, built when the
+    checkpoint is loaded)."""
     from kd_lightning.losses import LazyAdapter
+    from kd_lightning.losses.hidden import _HiddenStateLoss
 
-    return {f"{name}." for name, sub in module.named_modules() if isinstance(sub, LazyAdapter) and not sub.is_built}
+    return {
+        f"{name}."
+        for name, sub in module.named_modules()
+        if (isinstance(sub, LazyAdapter) and not sub.is_built)
+        or (isinstance(sub, _HiddenStateLoss) and sub._widths is None)
+    }
 
 
 def is_plain(value: Any) -> bool:

@@ -6,25 +6,29 @@ back the way a deployment would and compared with the PyTorch student on real di
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import onnxruntime
 import pytest
 import torch
 from helpers import CONFIGS, ROOT, TEACHER_WEIGHTS, fast_trainer, tiny_fit
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
+from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 from kd_lightning import Classifier, DigitsCNN, DigitsDataModule, DigitsMLP, TinyCNN, export_formats
 from kd_lightning.callbacks.export import ExportStudent
 from kd_lightning.cli import main as fit_main
 from kd_lightning.cli.export import main as export_main
-from kd_lightning.export.formats import export_network, to_torchscript
+from kd_lightning.export.formats import export_network, onnx_metadata, to_torchscript
 from kd_lightning.models import MobileNetV2, ShuffleV2, resnet8x4, vgg8, wrn_16_2
 from kd_lightning.modules import OfflineDistillation, OnlineDistillation, SelfDistillation
 
@@ -135,7 +139,8 @@ def test_exported_files_reproduce_the_student(run_export, checkpoints, digits, t
         fmt: tmp_path / f"{stem}{suffix}"
         for fmt, suffix in [("safetensors", ".safetensors"), ("torchscript", ".torchscript.pt"), ("onnx", ".onnx")]
     }
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in files.values())
+    listed = sorted([*(path.name for path in files.values()), f"{stem}.preprocessing.json"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == listed
     module_class = {
         "offline_kd": "OfflineDistillation",
         "online_kd": "OnlineDistillation",
@@ -182,7 +187,7 @@ def test_existing_files_are_replaced_only_with_overwrite(run_export, checkpoints
     assert code == 0, err
     assert f"replacing {tmp_path / 'student.onnx'} (" in out and "exported DigitsMLP" in out
     after = hashes(tmp_path)
-    assert after.keys() == {"student.safetensors", "student.torchscript.pt", "student.onnx"}
+    assert after.keys() == {f"student.{end}" for end in ("safetensors", "torchscript.pt", "onnx", "preprocessing.json")}
     assert after["student.safetensors"] != before["student.safetensors"], "replaced by the other run's student"
 
 
@@ -229,7 +234,8 @@ def test_the_default_folder_is_named_after_the_checkpoint(run_export, checkpoint
     code, out, err = run_export(path, "--formats", "torchscript")
     assert code == 0, err
     folder = path.with_name("last_export")
-    assert [p.name for p in folder.iterdir()] == ["student.torchscript.pt"] and f"into {folder}/" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["student.preprocessing.json", "student.torchscript.pt"]
+    assert f"into {folder}/" in out
     shutil.rmtree(folder)
 
 
@@ -324,6 +330,11 @@ BAD_INPUTS = {
         2,
         ["argument --input-shape", "'1,eight,8'", "kd-lightning-export --help"],
     ),
+    "a Hugging Face folder of an image student": (
+        lambda ckpts, tmp: [ckpts["offline_kd"], "--formats", "hf", "onnx"],
+        2,
+        ["--formats hf writes a folder of a transformers language model", "DigitsMLP", "--formats onnx safetensors"],
+    ),
     "unknown format": (
         lambda ckpts, tmp: [ckpts["offline_kd"], "--formats", "tflite"],
         2,
@@ -393,7 +404,12 @@ def test_export_student_writes_checked_files_after_a_fit(tmp_path, digits, one_t
     trainer = fast_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[ExportStudent(str(tmp_path / "x"))])
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
     folder = tmp_path / "x"
-    assert sorted(p.name for p in folder.iterdir()) == ["student.onnx", "student.safetensors", "student.torchscript.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "student.onnx",
+        "student.preprocessing.json",
+        "student.safetensors",
+        "student.torchscript.pt",
+    ]
     module.eval()
     inputs = digits[:7]
     with torch.no_grad():
@@ -410,7 +426,8 @@ def test_export_student_defaults_to_the_log_dir(tmp_path, one_torch_thread):
     logger = CSVLogger(tmp_path, name="run")
     trainer = fast_trainer(tmp_path, max_steps=1, limit_val_batches=0, logger=logger, callbacks=[callback])
     trainer.fit(Classifier(TinyCNN(width=2)), datamodule=DigitsDataModule(batch_size=16))
-    assert [p.name for p in (Path(trainer.log_dir) / "export").iterdir()] == ["student.safetensors"]
+    names = sorted(p.name for p in (Path(trainer.log_dir) / "export").iterdir())
+    assert names == ["student.preprocessing.json", "student.safetensors"]
 
 
 def test_export_student_writes_nothing_after_a_fit_without_a_step(tmp_path):
@@ -423,7 +440,7 @@ def test_export_student_writes_nothing_after_a_fit_without_a_step(tmp_path):
 
 
 def test_export_student_checks_its_formats():
-    with pytest.raises(ValueError, match=r"expected formats from \['safetensors', 'torchscript', 'onnx'\]"):
+    with pytest.raises(ValueError, match=r"expected formats from \['safetensors', 'torchscript', 'onnx', 'hf', "):
         ExportStudent(formats=["tflite"])
 
 
@@ -513,3 +530,50 @@ def test_onnx_without_its_packages_names_them(tmp_path, digits, monkeypatch):
     ):
         export_network(TinyCNN(width=2).eval(), tmp_path, digits[:4], formats=["safetensors", "onnx"])
     assert not tmp_path.joinpath("student.safetensors").exists(), "checked before any file is written"
+
+
+# ----------------------------------------------------------------- the preprocessing travels with the export
+def test_the_exported_digits_network_classifies_raw_pixels_with_its_sidecar(tmp_path, one_torch_thread):
+    """A deployer reads the sidecar, normalises raw 0-16 pixels with it and gets the classes the teacher gets."""
+    network = DigitsCNN(num_classes=10, width=32)
+    network.load_state_dict(load_file(str(TEACHER_WEIGHTS)))
+    module = Classifier(network, optimizer=functools.partial(torch.optim.SGD, lr=1e-6))
+    callback = ExportStudent(str(tmp_path / "x"), formats=["onnx"])
+    trainer = fast_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    info = json.loads((tmp_path / "x" / "student.preprocessing.json").read_text())
+    assert info["input"]["shape"] == ["batch", 1, 8, 8] and info["classes"] == list("0123456789")
+    metadata = onnx_metadata(tmp_path / "x" / "student.onnx")
+    assert json.loads(metadata["kd_lightning.preprocessing"]) == info
+    assert json.loads(metadata["mean"]) == info["normalization"]["mean"]
+
+    raw = load_digits()
+    pixels = torch.from_numpy(raw.images.astype(np.float32))[:, None]  # [N, 1, 8, 8], 0-16
+    norm = info["normalization"]
+    mean, std = torch.tensor(norm["mean"]).view(1, -1, 1, 1), torch.tensor(norm["std"]).view(1, -1, 1, 1)
+    inputs = (pixels * norm["scale"] - mean) / std
+    classes = [info["classes"][i] for i in onnx_logits(tmp_path / "x" / "student.onnx", inputs).argmax(1)]
+    accuracy = np.mean([label == str(target) for label, target in zip(classes, raw.target, strict=True)])
+    unnormalised = np.mean(onnx_logits(tmp_path / "x" / "student.onnx", pixels).argmax(1).numpy() == raw.target)
+    assert accuracy >= 0.97 and unnormalised < accuracy - 0.2, (accuracy, unnormalised)
+
+
+def test_the_export_takes_the_best_checkpoint_unless_told_otherwise(run_export, checkpoints, tmp_path):
+    path = checkpoints["offline_kd"]
+    best = next(path.parent.glob("epoch=*.ckpt"), None)
+    code, out, err = run_export(path, "--output", tmp_path / "a", "--formats", "safetensors")
+    assert code == 0, err
+    if best is not None:
+        assert f"from {best}, the best checkpoint, val/" in out and "--no-best exports last.ckpt itself" in out
+    code, out, err = run_export(path, "--output", tmp_path / "b", "--formats", "safetensors", "--no-best")
+    assert code == 0 and f"from {path} (as given: --no-best)" in out, err
+    info = json.loads((tmp_path / "b" / "student.preprocessing.json").read_text())
+    assert info["datamodule"] == "DigitsDataModule" and len(info["normalization"]["mean"]) == 1
+
+
+def test_export_student_refuses_a_hugging_face_folder_of_an_image_student_before_the_fit(tmp_path):
+    callback = ExportStudent(str(tmp_path / "x"), formats=["hf"])
+    trainer = fast_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[callback])
+    with pytest.raises(ValueError, match=r"formats \['hf'\] write folders of a transformers language model"):
+        trainer.fit(Classifier(TinyCNN(width=2)), datamodule=DigitsDataModule(batch_size=16))
+    assert trainer.global_step == 0 and not (tmp_path / "x").exists()

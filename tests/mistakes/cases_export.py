@@ -65,10 +65,10 @@ API_MISTAKES = [
         ("is a language model (GPT2LMHeadModel)", "not random float inputs of --input-shape 1,8,8", "save_pretrained"),
     ),
     ApiMistake(
-        "kd-lightning-export of a GPT-2 checkpoint",
-        export("gpt2", "--formats", "safetensors"),
+        "kd-lightning-export --formats torchscript of a GPT-2 checkpoint",
+        export("gpt2", "--formats", "torchscript"),
         ValueError,
-        ("takes token ids (input_ids [B, L]", "Hugging Face folder", "ExportWeights"),
+        ("TorchScript is not written for a language model (GPT2LMHeadModel)", "--formats safetensors hf"),
     ),
     ApiMistake(
         "kd-lightning-export --input-shape 8,8 for a CNN student",
