@@ -26,7 +26,8 @@ when complete, so an interrupted build is never read.
 
 **Layout** (``.npy`` files, memory-mapped, shared by all DDP processes, which also share the build): ``logits.npy``
 ``[K, N, C]`` in ``dtype`` (float16 by default, float32 for bit-exact targets), or with ``top_k``: ``topk_values.npy``
-and ``topk_indices.npy`` ``[K, N, k]`` plus ``logsumexp.npy`` ``[K, N]`` (the layout large vocabularies need; the
+and ``topk_indices.npy`` ``[K, N, k]`` plus ``logsumexp.npy`` ``[K, N]`` (for many classes; token outputs go into a
+:mod:`~kd_lightning.teachers.token_store`; the
 dense logits are rebuilt exact on the top k at temperature 1, the remaining probability mass spread evenly over the
 other classes); ``feature<j>.npy`` ``[K, N, ...]`` for every teacher feature the terms read; ``checksums.npy``
 ``[K, N, 2]``; ``manifest.json``.
@@ -149,8 +150,10 @@ class TeacherCache:
         if len(dataset) and isinstance(dataset[0], Mapping):
             raise TeacherCacheError(
                 f"the teacher cache stores the teacher's outputs for (x, y, index) samples but "
-                f"{type(dataset).__name__} yields dicts (token sequences); remove teacher_cache: the teacher then runs "
-                f"every step."
+                f"{type(dataset).__name__} yields dicts (token sequences); a language model's outputs are labelled "
+                f"once into a token store instead: kd-lightning-label --config <this config> --store DIR, then train "
+                f"with teacher: {{class_path: kd_lightning.TokenStoreTeacher, init_args: {{path: DIR}}}} (or remove "
+                f"teacher_cache: the teacher then runs every step)."
             )
         replayable = callable(getattr(dataset, "sample", None)) and hasattr(dataset, "views")
         if self.views > 1 and not replayable:

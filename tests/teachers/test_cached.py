@@ -381,3 +381,9 @@ def test_rows_are_read_before_the_batch_moves_and_in_the_step_when_a_datamodule_
     assert not any(seen.seen), "the datamodule's hook ran instead: rows are read in the step"
     assert own_hook.losses == pytest.approx(cached.losses, abs=1e-6)
     assert cached.losses == pytest.approx(plain.losses, abs=1e-5)
+
+
+def test_a_token_dataset_is_pointed_to_the_token_store(tmp_path):
+    tokens = [{"input_ids": torch.arange(8), "labels": torch.arange(8)} for _ in range(4)]
+    with pytest.raises(TeacherCacheError, match=r"kd-lightning-label .* kd_lightning\.TokenStoreTeacher"):
+        TeacherCache(tmp_path / "cache").prepare_dataset(tokens)
