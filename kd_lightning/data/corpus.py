@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kd_lightning.data.corpus_docs import python_docs_corpus
+from kd_lightning.data.corpus_docs import python_docs_corpus, python_help_corpus
 from kd_lightning.files.local_dirs import local_directory, require_transformers
 
 UNITS = ("paragraph", "line", "sentence")
@@ -29,28 +29,6 @@ SPLITS = ("train", "val", "test")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _WHITESPACE = re.compile(r"\s+")
-
-
-def python_help_corpus() -> list[str]:
-    """The text of every help topic of this Python (``help('topics')``), one string per topic, sorted by topic name.
-
-    Every CPython installation ships it (``pydoc_data.topics.topics``): English prose about Python, offline. It
-    depends on the Python version; Python 3.11.7 gives 79 topics, 464,970 characters and 2,331 paragraphs of at least
-    20 characters (:func:`text_units`).
-
-    Example:
-        >>> topics = python_help_corpus()
-        >>> len(topics) > 50 and "assert" in topics[0]
-        True
-    """
-    try:
-        from pydoc_data.topics import topics
-    except ImportError as error:
-        raise ImportError(
-            "corpus: python_help reads pydoc_data.topics, which this Python installation lacks (some Linux "
-            "distributions split it into a separate package); install it or give the texts with files or texts."
-        ) from error
-    return [topics[name] for name in sorted(topics)]
 
 
 CORPUS_TEXTS: dict[str, Callable[[], list[str]]] = {

@@ -1,6 +1,6 @@
 """``python_docs``: English prose from the documentation that every installation of this project ships, offline.
 
-The sources, in this order: the help topics of this Python (:func:`~kd_lightning.data.corpus.python_help_corpus`),
+The sources, in this order: the help topics of this Python (:func:`python_help_corpus`),
 then the docstrings of the standard library (``sys.stdlib_module_names``) and of :data:`PACKAGES`, each a module, its
 public classes and functions and the public methods and properties of those classes, modules walked in sorted order
 down to :data:`DEPTH` dotted components. They are cleaned into English sentences (:func:`clean_text`), deduplicated
@@ -92,6 +92,28 @@ _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"^[(\"']?[A-Za-z][a-z]*(?:'[a-z]+|-[a-z]+)*[)\"']?[,.;:!?]?[)\"']?$")
 _SYMBOL = re.compile(r"[^\w .,;:!?'\"()-]|_")  # neither a letter, a digit, a space nor ordinary punctuation
 _NOT_LETTER = re.compile(r"[^a-z]+")
+
+
+def python_help_corpus() -> list[str]:
+    """The text of every help topic of this Python (``help('topics')``), one string per topic, sorted by topic name.
+
+    Every CPython installation ships it (``pydoc_data.topics.topics``): English prose about Python, offline. It
+    depends on the Python version; Python 3.11.7 gives 79 topics, 464,970 characters and 2,331 paragraphs of at least
+    20 characters (:func:`text_units`).
+
+    Example:
+        >>> topics = python_help_corpus()
+        >>> len(topics) > 50 and "assert" in topics[0]
+        True
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as error:
+        raise ImportError(
+            "corpus: python_help reads pydoc_data.topics, which this Python installation lacks (some Linux "
+            "distributions split it into a separate package); install it or give the texts with files or texts."
+        ) from error
+    return [topics[name] for name in sorted(topics)]
 
 
 def _literal_lines(lines: list[str]) -> list[str]:
@@ -394,8 +416,6 @@ def build_python_docs(
     packages: Sequence[str] = tuple(PACKAGES), depth: int = DEPTH, timeout: float = BUILD_TIMEOUT
 ) -> list[str]:
     """The ``python_docs`` texts, built now (no cache): help topics, then the standard library, then ``packages``."""
-    from kd_lightning.data.corpus import python_help_corpus
-
     docs = [*python_help_corpus(), *collect_in_child([*stdlib_roots(), *sorted(packages)], depth, timeout)]
     return deduplicate(clean_text(doc) for doc in dict.fromkeys(docs))  # a repeated docstring adds nothing
 
