@@ -52,7 +52,7 @@ from kd_lightning.export.formats import (
     write_safetensors,
 )
 from kd_lightning.export.preprocessing import write_preprocessing
-from kd_lightning.files.local_dirs import LocalDirectoryError, local_directory
+from kd_lightning.files.local_dirs import TOKENIZER_FILES, LocalDirectoryError, local_directory
 
 TEXT_FORMATS = ("safetensors", "hf", "sentence-transformers", "onnx")
 """The formats of a language model (TorchScript is not written for them)."""
@@ -66,19 +66,6 @@ ST_POOLING_KEYS = {
     "max": "pooling_mode_max_tokens",
 }
 """The keys of sentence-transformers' ``Pooling`` config that turn each mode on."""
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-"""The files of a tokenizer folder that the Hugging Face folder gets (a model folder's weights and config stay)."""
 SAMPLE_TEXTS = (
     "Knowledge distillation trains a small student to match a large teacher.",
     "The quick brown fox jumps over the lazy dog.",

@@ -23,6 +23,22 @@ class LocalDirectoryError(FileNotFoundError):
     """A model or tokenizer directory that is not on this machine (and would need the network)."""
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""The files a Hugging Face tokenizer folder may hold (``save_pretrained`` writes them): what an export copies and a
+token store's key hashes."""
+
+
 def _package_directory(spec: str, what: str, field: str) -> Path:
     module, _, inner = spec[len(PACKAGE_PREFIX) :].strip("/").partition("/")
     try:

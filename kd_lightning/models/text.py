@@ -45,7 +45,7 @@ FAMILIES = (
     "GPT-2-family (layers at <base>.h, e.g. GPT2LMHeadModel, GPT2Model)",
 )
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack")
-TOKENIZER_FILES = (
+SHIPPED_TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
     "vocab.json",
@@ -60,7 +60,7 @@ TOKENIZER_ATTRIBUTE = "kd_lightning_tokenizer"
 
 
 def _ships_tokenizer(directory: str | Path) -> bool:
-    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+    return any((Path(directory) / name).is_file() for name in SHIPPED_TOKENIZER_FILES)
 
 
 def shipped_tokenizer_directory(network: nn.Module) -> str | None:

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from kd_lightning.core.batch import Batch, parse_parts
 from kd_lightning.core.taps import LOGITS
+from kd_lightning.files.local_dirs import TOKENIZER_FILES
 from kd_lightning.files.weights import state_digest
 from kd_lightning.losses.token import MISSING_MASS, SparseLogits
 from kd_lightning.teachers.base import EXTERNAL, Outputs, TeacherSource
@@ -64,18 +65,6 @@ from kd_lightning.teachers.frozen import FrozenTeacher
 FORMAT = "kd_lightning.TokenStore/1"
 VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
 KEY_FILE, INDEX_FILE, META_FILE = "key.json", "index.json", "meta.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "tokenizer.model",
-    "sentencepiece.bpe.model",
-)
 KEY_PARTS = {
     "teacher": "teacher (its class, weights or configuration)",
     "tokenizer": "tokenizer (its files)",
