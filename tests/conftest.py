@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers import ROOT
 
+from kd_lightning.cli.export import main as export_main
+
 
 @pytest.fixture
 def in_project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -25,3 +27,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_export(capsys, one_torch_thread):
+    """Run ``kd-lightning-export`` in-process (one torch thread): ``run(*args) -> (exit code, stdout, stderr)``."""
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            export_main([str(arg) for arg in args])
+            code = 0
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_lightning import Classifier, DigitsCNN, DigitsDataModule, DigitsMLP, TinyCNN, export_formats
 from kd_lightning.callbacks.export import ExportStudent
 from kd_lightning.cli import main as fit_main
-from kd_lightning.cli.export import main as export_main
 from kd_lightning.export.formats import export_network, onnx_metadata, to_torchscript
 from kd_lightning.models import MobileNetV2, ShuffleV2, resnet8x4, vgg8, wrn_16_2
 from kd_lightning.modules import OfflineDistillation, OnlineDistillation, SelfDistillation
@@ -79,23 +78,6 @@ def digits() -> torch.Tensor:
     data = DigitsDataModule(seed=0)
     data.setup("test")
     return torch.cat([batch[0] for batch in data.test_dataloader()])
-
-
-@pytest.fixture
-def run_export(capsys, one_torch_thread):
-    """Run ``kd-lightning-export`` in-process: ``run(*args) -> (exit code, stdout, stderr)``."""
-
-    def run(*args: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            export_main([str(arg) for arg in args])
-            code = 0
-        except SystemExit as stop:
-            code = int(stop.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 def reference(name: str, path: Path, layer: str | None):

@@ -22,7 +22,6 @@ from helpers import ROOT, fast_trainer
 from kd_lightning import DistillTerm
 from kd_lightning.callbacks.export import ExportStudent
 from kd_lightning.cli import main as fit_main
-from kd_lightning.cli.export import main as export_main
 from kd_lightning.cli.export import resolve_checkpoint
 from kd_lightning.data.text import TextDataModule
 from kd_lightning.export.deploy import load_module
@@ -111,21 +110,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def run_export(capsys, project, monkeypatch):
+def run_export(run_export, project, monkeypatch):
     """``kd-lightning-export`` in-process in the project folder: ``run(*args) -> (exit code, stdout, stderr)``."""
     monkeypatch.chdir(project)
-
-    def run(*args: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            export_main([str(arg) for arg in args])
-            code = 0
-        except SystemExit as stop:
-            code = int(stop.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
+    return run_export
 
 
 def minilm_dir() -> Path:
