@@ -228,6 +228,11 @@ class TokenStore:
         Raises:
             TokenStoreError: the folder holds a store (finished or not) of another key.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise TokenStoreError(
+                f"a token store is a folder but {str(self.path)!r} is a file; give --store (label_corpus's path) a new "
+                f"folder, the existing file is left as it is."
+            )
         stored = self.stored_key()
         if stored is not None:
             differing = self.differences(key, stored)

@@ -208,6 +208,14 @@ def test_a_foreign_store_is_refused(teacher, tmp_path, one_torch_thread):
     fit(tmp_path, gpt2(16, 1), TokenStoreTeacher(path, teacher=teacher), dataset, steps=1)  # the right teacher
 
 
+def test_a_store_path_that_is_a_file_is_refused_and_the_file_kept(teacher, tmp_path):
+    weights = tmp_path / "teacher.safetensors"
+    weights.write_bytes(b"weights")
+    with pytest.raises(TokenStoreError, match="a token store is a folder but .* is a file"):
+        label_corpus(teacher, Blocks(), weights)
+    assert weights.read_bytes() == b"weights"
+
+
 def test_an_interrupted_labelling_is_detected_and_resumed(teacher, tmp_path):
     dataset = Blocks(padded=True)
     complete = label(teacher, dataset, tmp_path / "complete", top_k=8)
