@@ -1,7 +1,9 @@
 """``FeatureTap``: capture intermediate outputs of named submodules with forward hooks, on unmodified models.
 
-Names are ``model.named_modules()`` paths (``layer3``, ``blocks.4``, ``features.7``), as in timm's ``FeatureHooks``.
-The tap is a plain object, not an ``nn.Module``: nothing of it is registered on the model or saved in checkpoints.
+Names are ``model.named_modules()`` paths (``layer3``, ``blocks.4``, ``features.7``), as in timm's ``FeatureHooks``,
+and two outputs that need no hook: ``"logits"`` (the model output) and ``"pooled"`` (a text encoder's sentence
+embedding, :data:`POOLED`). The tap is a plain object, not an ``nn.Module``: nothing of it is registered on the model or
+saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 LOGITS = "logits"
+POOLED = "pooled"
+"""Output name of a text encoder's sentence embedding ``[B, H]``: its last hidden states averaged over the real tokens,
+``sum_l mask[b, l] * h[b, l] / sum_l mask[b, l]`` (float32; ``mask`` the batch's ``attention_mask``, every token when
+there is none) — the mean pooling of sentence-transformers models such as all-MiniLM-L6-v2, before their L2
+normalisation (which a cosine ignores)."""
 
 
 HIDDEN = "hidden"
@@ -50,6 +58,18 @@ def primary_output(output: Any) -> tuple[Tensor, str]:
     )
 
 
+def mean_pool(states: Tensor, mask: Tensor | None) -> Tensor:
+    """``states`` ``[B, L, H]`` averaged over the positions where ``mask`` ``[B, L]`` is nonzero (every position when
+    ``mask`` is None): ``[B, H]`` float32. A row without a real token gives zeros. Positions outside the mask never
+    reach the value (they may hold NaN)."""
+    states = states.float()
+    if mask is None:
+        return states.mean(1)
+    keep = mask.to(device=states.device, dtype=torch.bool)
+    total = torch.where(keep.unsqueeze(-1), states, 0.0).sum(1)
+    return total / keep.sum(1, keepdim=True).clamp_min(1).to(total.dtype)
+
+
 def extract_logits(output: Any) -> Tensor:
     """Return the logits of a model output: a tensor, an object with ``.logits`` (or ``.last_hidden_state``), or a
     tuple starting with logits."""
@@ -64,7 +84,7 @@ def resolve_module(model: nn.Module, name: str, role: str = "model") -> nn.Modul
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
-    valid = [LOGITS, *(n for n in modules if n)]
+    valid = [LOGITS, POOLED, *(n for n in modules if n)]
     nearest = difflib.get_close_matches(name, valid, n=5, cutoff=0.4) or valid[:5]
     note = f"{LOGITS!r} is the model output; " if LOGITS in nearest else ""
     raise ValueError(
@@ -98,7 +118,9 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, names: Iterable[str] = (), role: str = "model") -> None:
         self.model, self.role = model, role
-        self.names = tuple(dict.fromkeys(n for n in names if n != LOGITS))
+        names = tuple(dict.fromkeys(names))
+        self.pooled = POOLED in names
+        self.names = tuple(n for n in names if n not in (LOGITS, POOLED))
         self._captured: dict[str, Tensor] = {}
         self.output_kind = LOGITS
         self._handles: list[RemovableHandle] = []
@@ -123,12 +145,24 @@ class FeatureTap:
         self._captured = {}
         logits, self.output_kind = primary_output(self.model(*args, **kwargs))
         outputs = {LOGITS: logits}
+        if self.pooled:
+            outputs[POOLED] = self._pool(logits, kwargs.get("attention_mask"))
         missing = [n for n in self.names if n not in self._captured]
         if missing:
             raise RuntimeError(f"{self.role} submodules {missing} were not called in forward; tap modules on the path.")
         outputs.update(self._captured)
         self._captured = {}
         return outputs
+
+    def _pool(self, states: Tensor, mask: Tensor | None) -> Tensor:
+        """:data:`POOLED` of the last hidden states ``[B, L, H]`` and the attention mask ``[B, L]``: ``[B, H]``."""
+        if self.output_kind != HIDDEN or states.ndim != 3:
+            raise ValueError(
+                f"{self.role} {type(self.model).__name__} returns {self.output_kind} of shape "
+                f"{tuple(states.shape)} but {POOLED!r} averages an encoder's last hidden states [B, L, H]; "
+                f"load the model without a head (pretrained_model(..., task: base)) or read another output."
+            )
+        return mean_pool(states, mask)
 
     def remove(self) -> None:
         """Remove all hooks; the model is left exactly as it was."""
