@@ -12,7 +12,9 @@ shards. A fit then trains from the store without the teacher network::
         teacher: {class_path: kd_lightning.teachers.TokenStoreTeacher, init_args: {path: stores/gpt2_tiny}}
     data: {init_args: {return_index: true}}
 
-Every other option (``--trainer.devices 2``, ``--data.init_args.batch_size 32``) is the fit's.
+The store holds what the config's distillation terms read from the teacher (``--outputs`` chooses: ``logits``,
+``pooled``, layer paths). Every other option (``--trainer.devices 2``, ``--data.init_args.batch_size 32``) is the
+fit's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import warnings
 from kd_lightning.cli.command import build_cli
 from kd_lightning.cli.diagnose import debug_requested, error_boundary
 from kd_lightning.teachers import CachedTeacher, FrozenTeacher
-from kd_lightning.teachers.token_store import VALUE_DTYPES, bytes_per_token, label_corpus
+from kd_lightning.teachers.token_store import VALUE_DTYPES, label_corpus
 
 COMMAND = "kd-lightning-label"
 
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=list(VALUE_DTYPES), default="float16", help="stored logit values")
     parser.add_argument("--batch_size", type=int, default=8, help="samples per teacher forward pass")
     parser.add_argument("--shard_size", type=int, default=256, help="samples per shard")
+    parser.add_argument(
+        "--outputs",
+        nargs="+",
+        default=None,
+        help="the teacher outputs to store: logits, pooled, layer paths (default: those the config's terms read)",
+    )
     return parser
 
 
@@ -65,6 +73,8 @@ def run(args: list[str]) -> str:
             f"expected the config's model to have a teacher network (an OfflineDistillation's teacher) but its teacher "
             f"is {type(teacher).__name__}; label with the fit config that runs the live teacher."
         )
+    objective = getattr(cli.model, "objective", None)
+    outputs = options.outputs or (objective.teacher_layers if objective is not None else ["logits"])
     store = label_corpus(
         teacher,
         cli.datamodule,
@@ -74,9 +84,14 @@ def run(args: list[str]) -> str:
         trainer=cli.trainer,
         batch_size=options.batch_size,
         shard_size=options.shard_size,
+        outputs=outputs,
     )
-    size = bytes_per_token(store.vocab_size, store.key["top_k"], store.key["dtype"])
-    return f"token store {store.path}: {store.samples} samples, {store.tokens} tokens, {size} bytes per token"
+    per_token, per_sample = store.bytes_per_token()
+    sizes = f"{per_token} bytes per token" + (f", {per_sample} bytes per sample" if per_sample else "")
+    return (
+        f"token store {store.path} of {', '.join(store.outputs)}: {store.samples} samples, {store.tokens} tokens, "
+        f"{sizes}"
+    )
 
 
 def main(args: list[str] | None = None) -> None:

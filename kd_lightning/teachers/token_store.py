@@ -1,17 +1,28 @@
-"""A language-model teacher's next-token distributions over a token corpus, labelled once and read in training.
+"""A language-model teacher's outputs over a token corpus, labelled once and read in training.
 
 Offline distillation of a language model spends most of its step in the teacher. :func:`label_corpus` runs the
-teacher once over the training split and writes, per real token of every sample, the ``top_k`` largest logits
-(float16, or float32 for exact targets), their token ids (``uint16`` when the vocabulary fits, else ``int32``) and the
-log-normaliser of the full logits (``logsumexp``, float32), so the probability mass outside the top k is known;
-``top_k=None`` stores every logit (dense, in vocabulary order, no ids). :class:`TokenStoreTeacher` reads it back as
-:class:`~kd_lightning.losses.token.SparseLogits` by ``Batch.index``: training never builds the teacher network.
+teacher once over the training split and writes the outputs the distillation terms read (``outputs``, by the names the
+terms use):
+
+* ``"logits"`` of a language model: per real token of every sample the ``top_k`` largest logits (float16, or float32
+  for exact targets), their token ids (``uint16`` when the vocabulary fits, else ``int32``) and the log-normaliser of
+  the full logits (``logsumexp``, float32), so the probability mass outside the top k is known; ``top_k=None`` stores
+  every logit (dense, in vocabulary order, no ids);
+* per-token states ``[T, D]`` (in the value dtype): a ``named_modules()`` path (``encoder.layer.2``), or ``"logits"``
+  of an encoder without a head (its last hidden states);
+* ``"pooled"``: one sentence embedding per sample ``[H]`` (float32), the last hidden states averaged over the real
+  tokens (:data:`kd_lightning.core.taps.POOLED`).
+
+:class:`TokenStoreTeacher` reads them back by ``Batch.index`` (logits as
+:class:`~kd_lightning.losses.token.SparseLogits`, states as ``[B, L, D]``, pooled as ``[B, H]``): training never builds
+the teacher network.
 
 **Layout** (a folder)::
 
     key.json                 what the store is of (below); written first
     shard-00000/             samples [0, shard_size): values.npy [T, k] (or [T, V] dense), indices.npy [T, k]
-                             (top-k only), logsumexp.npy [T] (T = the shard's tokens), meta.json
+                             (top-k only), logsumexp.npy [T] (T = the shard's tokens), states-<i>.npy [T, D] (the
+                             i-th stored output), pooled.npy [n, H] (n = the shard's samples), meta.json
     ...
     index.json               written last, once every shard is there: the key and, per sample, its shard, first row
                              and length
@@ -22,18 +33,20 @@ process of a distributed run writes the shards ``s`` with ``s % world_size == ra
 number of processes.
 
 **The key** names the teacher (class, a SHA-256 of its weights, its configuration), the tokenizer (a SHA-256 of its
-files), the corpus (a SHA-256 of every sample's token ids), ``top_k`` and the value dtype. Labelling into a folder
-holding a store with another key is refused (a store is never replaced silently); a :class:`TokenStoreTeacher` opened
-on another corpus, tokenizer or (when given one) teacher is refused, with the part that differs. Every training batch
-is also checked against a per-sample checksum of its token ids.
+files), the corpus (a SHA-256 of every sample's token ids), the stored outputs, ``top_k`` and the value dtype.
+Labelling into a folder holding a store with another key is refused (a store is never replaced silently); a
+:class:`TokenStoreTeacher` opened on another corpus, tokenizer or (when given one) teacher is refused, with the part
+that differs; one whose terms read an output the store does not hold is refused, with the outputs it holds. Every
+training batch is also checked against a per-sample checksum of its token ids.
 
 Why numpy memory maps and not litdata's ``optimize``/``StreamingDataset``: the rows are read by sample index, in the
 order of the student's own loader (whose seeded order and mid-epoch resume stay as they are), from a local or shared
 file system; ``.npy`` shards memory-map with no extra dependency and read exactly the rows a batch needs. litdata is
 the tool to stream such shards from object storage, and its chunks could hold the same arrays.
 
-Bytes per stored token: ``k * (value bytes + index bytes) + 4`` for top-k, ``V * value bytes + 4`` dense
-(:func:`bytes_per_token`).
+Bytes per stored token: ``k * (value bytes + index bytes) + 4`` for top-k logits, ``V * value bytes + 4`` dense
+(:func:`bytes_per_token`), plus ``D * value bytes`` per stored state; ``4 * H`` per sample for ``pooled``
+(:meth:`TokenStore.bytes_per_token`).
 """
 
 from __future__ import annotations
@@ -44,18 +57,20 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from kd_lightning.core.batch import Batch, parse_parts
-from kd_lightning.core.taps import LOGITS
+from kd_lightning.core.taps import LOGITS, POOLED, FeatureTap
 from kd_lightning.files.local_dirs import TOKENIZER_FILES
 from kd_lightning.files.weights import state_digest
 from kd_lightning.losses.token import MISSING_MASS, SparseLogits
@@ -63,12 +78,16 @@ from kd_lightning.teachers.base import EXTERNAL, Outputs, TeacherSource
 from kd_lightning.teachers.frozen import FrozenTeacher
 
 FORMAT = "kd_lightning.TokenStore/1"
+LOGIT_ROWS, STATES, SAMPLE_VECTORS = "logits", "states", "pooled"
+"""The kinds of stored outputs: top-k or dense logits with their log-normaliser, per-token states, per-sample
+vectors."""
 VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
 KEY_FILE, INDEX_FILE, META_FILE = "key.json", "index.json", "meta.json"
 KEY_PARTS = {
     "teacher": "teacher (its class, weights or configuration)",
     "tokenizer": "tokenizer (its files)",
     "corpus": "corpus (the token ids of the training samples)",
+    "outputs": "stored outputs",
     "top_k": "top_k",
     "dtype": "value dtype",
     "format": "store format",
@@ -167,6 +186,13 @@ def checksums(input_ids: Tensor, lengths: Tensor) -> Tensor:
     return (input_ids.long().cpu() * positions * real).sum(1) * 1_000_003 + lengths
 
 
+def with_defaults(key: dict[str, Any]) -> dict[str, Any]:
+    """A stored key with the fields of stores written before outputs other than logits could be stored."""
+    if "outputs" in key:
+        return key
+    return {**key, "outputs": [LOGITS], "kinds": {LOGITS: LOGIT_ROWS}, "widths": {}}
+
+
 def _atomic_json(path: Path, value: Any) -> None:
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     temporary.write_text(json.dumps(value, indent=1, sort_keys=True))
@@ -197,7 +223,7 @@ class TokenStore:
 
     def stored_key(self) -> dict[str, Any] | None:
         file = self.path / KEY_FILE
-        return json.loads(file.read_text()) if file.is_file() else None
+        return with_defaults(json.loads(file.read_text())) if file.is_file() else None
 
     def shard_path(self, shard: int) -> Path:
         return self.path / f"shard-{shard:05d}"
@@ -307,15 +333,36 @@ class TokenStore:
                 f"missing (an interrupted labelling); run the same labelling again: it writes only the missing shards."
             )
         index = json.loads((self.path / INDEX_FILE).read_text())
-        self.key = index["key"]
+        self.key = with_defaults(index["key"])
+        self.shard_size = int(self.key["shard_size"])
         self._offsets = np.asarray(index["offsets"], dtype=np.int64).reshape(-1, 3)
         self._checksums = np.asarray(index["checksums"], dtype=np.int64)
         self._shards = {}
         return self
 
     @property
-    def vocab_size(self) -> int:
-        return int(self.key["vocab_size"])
+    def vocab_size(self) -> int | None:
+        """The teacher's vocabulary when the store holds language-model logits, else ``None``."""
+        return None if self.key["vocab_size"] is None else int(self.key["vocab_size"])
+
+    @property
+    def outputs(self) -> list[str]:
+        """The stored outputs, by the names the distillation terms read."""
+        return list(self.key["outputs"])
+
+    def bytes_per_token(self) -> tuple[int, int]:
+        """``(bytes per stored token, bytes per stored sample)`` of this store's arrays (the format's formula)."""
+        value = np.dtype(VALUE_DTYPES[self.key["dtype"]]).itemsize
+        per_token = per_sample = 0
+        for name in self.outputs:
+            kind = self.key["kinds"][name]
+            if kind == LOGIT_ROWS:
+                per_token += bytes_per_token(self.vocab_size, self.key["top_k"], self.key["dtype"])
+            elif kind == STATES:
+                per_token += self.key["widths"][name] * value
+            else:
+                per_sample += self.key["widths"][name] * 4
+        return per_token, per_sample
 
     @property
     def samples(self) -> int:
@@ -355,6 +402,34 @@ class TokenStore:
             ids = torch.from_numpy(indices)
         return torch.from_numpy(values), ids, torch.from_numpy(lse)
 
+    def read(self, index: Sequence[int], length: int, names: Sequence[str]) -> dict[str, Tensor | SparseLogits]:
+        """The stored outputs ``names`` of samples ``index`` padded to ``length`` positions (zeros after each sample's
+        rows: padding positions, never read by the losses): logits as :class:`SparseLogits` (``missing_mass``
+        "tail"; the caller sets its policy), states ``[B, length, D]`` and pooled vectors ``[B, H]``, float32."""
+        read: dict[str, Tensor | SparseLogits] = {}
+        for name in names:
+            kind = self.key["kinds"][name]
+            if kind == LOGIT_ROWS:
+                read[name] = SparseLogits(*self.rows(index, length), self.vocab_size)
+            elif kind == STATES:
+                read[name] = self._states(index, length, f"states-{self.outputs.index(name)}", self.key["widths"][name])
+            else:
+                vectors = np.stack([self._shard(s)[SAMPLE_VECTORS][i] for s, i in self._sample_positions(index)])
+                read[name] = torch.from_numpy(vectors.astype(np.float32))
+        return read
+
+    def _sample_positions(self, index: Sequence[int]) -> list[tuple[int, int]]:
+        """``(shard, position in the shard)`` of each sample."""
+        return [(int(i) // self.shard_size, int(i) % self.shard_size) for i in index]
+
+    def _states(self, index: Sequence[int], length: int, array: str, width: int) -> Tensor:
+        states = np.zeros((len(index), length, width), dtype=np.float32)
+        for row, sample in enumerate(index):
+            shard, start, count = (int(v) for v in self._offsets[sample])
+            stop = start + min(count, length)
+            states[row, : stop - start] = self._shard(shard)[array][start:stop]
+        return torch.from_numpy(states)
+
     def check_batch(self, index: Tensor, input_ids: Tensor, lengths: Tensor) -> None:
         """Raise unless the batch's token ids are those the store was labelled on (per-sample checksums)."""
         index = index.long().cpu()
@@ -380,49 +455,75 @@ class _Labeller(L.LightningModule):
     def __init__(self, network: nn.Module, store: TokenStore, dataset: Dataset, batch_size: int) -> None:
         super().__init__()
         self.network, self.store, self.dataset, self.batch_size = network, store, dataset, batch_size
+        self.tap: FeatureTap | None = None
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_Shards(self), batch_size=None)
 
     def on_predict_start(self) -> None:
+        self.tap = FeatureTap(self.network, self.store.outputs, role="teacher")
         if self.trainer.global_rank == 0:
             self.store.remove_partial_shards()
         self.trainer.strategy.barrier("token_store_partial_removed")
 
     def predict_step(self, shard: int, batch_idx: int = 0) -> None:
+        """Label one shard: its samples in batches of similar lengths (little padding), stored in sample order.
+
+        A SIGTERM (a preempted job) stops the labelling between shards: the shards written are kept, and labelling
+        again resumes."""
+        if getattr(self.trainer, "received_sigterm", False):
+            raise SIGTERMException
         key, samples = self.store.key, len(self.dataset)
         first, stop = shard * self.store.shard_size, min((shard + 1) * self.store.shard_size, samples)
-        parts: dict[str, list[np.ndarray]] = {"values": [], "indices": [], "logsumexp": []}
-        lengths, sums = [], []
-        for start in range(first, stop, self.batch_size):
-            ids = [
-                torch.as_tensor(sample_item(self.dataset, i)["input_ids"]).long()
-                for i in range(start, min(start + self.batch_size, stop))
-            ]
-            count = torch.tensor([len(t) for t in ids])
-            input_ids = pad_sequence(ids, batch_first=True, padding_value=0)
+        ids = {i: torch.as_tensor(sample_item(self.dataset, i)["input_ids"]).long() for i in range(first, stop)}
+        by_length = sorted(ids, key=lambda i: len(ids[i]))
+        per_sample: dict[int, dict[str, np.ndarray]] = {}
+        for start in range(0, len(by_length), self.batch_size):
+            chosen = by_length[start : start + self.batch_size]
+            count = torch.tensor([len(ids[i]) for i in chosen])
+            input_ids = pad_sequence([ids[i] for i in chosen], batch_first=True, padding_value=0)
             mask = (torch.arange(input_ids.shape[1])[None, :] < count[:, None]).long()
-            logits = _logits(self.network(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)))
-            logits = logits.detach().float().cpu()
-            for row, length in enumerate(count.tolist()):
-                real = logits[row, :length]
-                if key["top_k"] is None:
-                    parts["values"].append(real.numpy().astype(VALUE_DTYPES[key["dtype"]]))
-                else:
-                    top = real.topk(key["top_k"], dim=-1)
-                    parts["values"].append(top.values.numpy().astype(VALUE_DTYPES[key["dtype"]]))
-                    parts["indices"].append(top.indices.numpy().astype(index_dtype(key["vocab_size"])))
-                parts["logsumexp"].append(real.logsumexp(-1).numpy())
-            lengths += count.tolist()
-            sums += checksums(input_ids, count).tolist()
-        arrays = {name: np.concatenate(chunks) for name, chunks in parts.items() if chunks}
+            outputs = self.tap(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+            for position, name in enumerate(self.store.outputs):
+                kind, output = key["kinds"][name], outputs[name].detach().float().cpu()
+                for row, sample in enumerate(chosen):
+                    arrays = _stored_rows(kind, output[row], int(count[row]), key, position)
+                    per_sample.setdefault(sample, {}).update(arrays)
+        order = list(range(first, stop))
+        arrays = {
+            name: (np.stack if name == SAMPLE_VECTORS else np.concatenate)([per_sample[i][name] for i in order])
+            for name in per_sample[first]
+        }
+        lengths = [len(ids[i]) for i in order]
+        sums = [int(checksums(ids[i][None], torch.tensor([len(ids[i])]))) for i in order]
         self.store.write_shard(shard, arrays, {"first": first, "lengths": lengths, "checksums": sums})
 
     def on_predict_end(self) -> None:
+        self.tap.remove()
         self.trainer.strategy.barrier("token_store_shards_written")
         if self.trainer.global_rank == 0:
             self.store.finish()
         self.trainer.strategy.barrier("token_store_finished")
+
+
+def _stored_rows(kind: str, output: Tensor, length: int, key: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """The arrays one sample adds to a shard for one output (float32 ``output`` of the sample: ``[L, V]``,
+    ``[L, D]`` or ``[H]``), by the output's kind."""
+    dtype = VALUE_DTYPES[key["dtype"]]
+    if kind == SAMPLE_VECTORS:
+        return {SAMPLE_VECTORS: output.numpy()}
+    real = output[:length]
+    if kind == STATES:
+        return {f"states-{position}": real.numpy().astype(dtype)}
+    rows = {"logsumexp": real.logsumexp(-1).numpy()}
+    if key["top_k"] is None:
+        return {"values": real.numpy().astype(dtype), **rows}
+    top = real.topk(key["top_k"], dim=-1)
+    return {
+        "values": top.values.numpy().astype(dtype),
+        "indices": top.indices.numpy().astype(index_dtype(key["vocab_size"])),
+        **rows,
+    }
 
 
 class _Shards(IterableDataset):
@@ -437,16 +538,29 @@ class _Shards(IterableDataset):
         yield from (s for s in self.labeller.store.missing_shards() if s % trainer.world_size == trainer.global_rank)
 
 
-def _logits(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-    if not isinstance(logits, Tensor) or logits.ndim != 3:
-        raise TokenStoreError(
-            f"expected the teacher to return token logits [B, L, V] (a tensor or an output with .logits) but got "
-            f"{type(output).__name__}; label with a masked- or causal-LM model."
-        )
-    return logits
+def output_kinds(network: nn.Module, dataset: Dataset, outputs: Sequence[str]) -> tuple[dict, dict, int | None]:
+    """``(kinds, widths, vocab_size)`` of the outputs to store, from one teacher forward pass on sample 0: token
+    logits of a language model (``vocab_size`` is their width), per-token states ``[L, D]``, pooled vectors ``[H]``."""
+    ids = torch.as_tensor(sample_item(dataset, 0)["input_ids"]).long()[None].to(_device(network))
+    with FeatureTap(network, outputs, role="teacher") as tap, torch.no_grad():
+        probe = tap(input_ids=ids, attention_mask=torch.ones_like(ids))
+        output_kind = tap.output_kind
+    kinds, widths, vocab_size = {}, {}, None
+    for name in outputs:
+        value = probe[name]
+        if name == POOLED:
+            kinds[name], widths[name] = SAMPLE_VECTORS, int(value.shape[-1])
+        elif value.ndim != 3 or value.shape[:2] != ids.shape:
+            raise TokenStoreError(
+                f"expected the teacher's output {name!r} to be per token [B, L, D] but it has shape "
+                f"{tuple(value.shape)} for input_ids of shape {tuple(ids.shape)}; store 'logits', 'pooled' or "
+                f"transformer layers (encoder.layer.<i>, transformer.h.<i>)."
+            )
+        elif name == LOGITS and output_kind == LOGITS:
+            kinds[name], vocab_size = LOGIT_ROWS, int(value.shape[-1])
+        else:
+            kinds[name], widths[name] = STATES, int(value.shape[-1])
+    return kinds, widths, vocab_size
 
 
 def training_split(data: Any) -> Dataset:
@@ -471,6 +585,7 @@ def label_corpus(
     trainer_kwargs: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     shard_size: int = 256,
+    outputs: Sequence[str] = (LOGITS,),
 ) -> TokenStore:
     """Label the training split of ``data`` with ``teacher`` into a token store at ``path``; returns it, finished.
 
@@ -489,17 +604,29 @@ def label_corpus(
         trainer_kwargs: the arguments of that Trainer.
         batch_size: samples per teacher forward pass.
         shard_size: samples per shard.
+        outputs: what to store, by the names the distillation terms read: ``"logits"`` (a language model's token
+            logits, top-k or dense; an encoder's last hidden states), ``"pooled"`` (the sentence embedding) and
+            ``named_modules()`` paths of the teacher (per-token states).
     """
     if dtype not in VALUE_DTYPES:
         raise TokenStoreError(f"expected dtype in {list(VALUE_DTYPES)} but got dtype={dtype!r}.")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise TokenStoreError(f"expected top_k None (dense) or an integer >= 1 but got top_k={top_k!r}.")
+    if isinstance(outputs, str) or not outputs or len(set(outputs)) != len(outputs):
+        raise TokenStoreError(
+            f"expected outputs to be a non-empty list of distinct output names (logits, pooled, layer paths) but got "
+            f"{outputs!r}."
+        )
     network = network_of(teacher).eval().requires_grad_(False)
     dataset = training_split(data)
     tokenizer = getattr(data, "tokenizer", None) if tokenizer is None else tokenizer
-    with torch.no_grad():
-        ids = torch.as_tensor(sample_item(dataset, 0)["input_ids"]).long()[None]
-        vocab_size = _logits(network(input_ids=ids.to(_device(network)))).shape[-1]
+    kinds, widths, vocab_size = output_kinds(network, dataset, list(outputs))
+    if top_k is not None and vocab_size is None:
+        raise TokenStoreError(
+            f"top_k={top_k} keeps the largest token logits, but the outputs to store {list(outputs)} hold no "
+            f"language-model logits ({type(network).__name__} returns hidden states); drop top_k (states are stored "
+            f"whole)."
+        )
     if top_k is not None and top_k > vocab_size:
         raise TokenStoreError(f"expected top_k <= the teacher's vocabulary ({vocab_size}) but got top_k={top_k}.")
     key = {
@@ -509,8 +636,11 @@ def label_corpus(
         "corpus": corpus_digest(dataset),
         "top_k": top_k,
         "dtype": dtype,
-        "vocab_size": int(vocab_size),
+        "vocab_size": vocab_size,
         "samples": len(dataset),
+        "outputs": list(outputs),
+        "kinds": kinds,
+        "widths": widths,
     }
     store = TokenStore(path, shard_size)
     if store.begin(key):
@@ -531,8 +661,10 @@ def _device(network: nn.Module) -> torch.device:
 class TokenStoreTeacher(TeacherSource):
     """A language-model teacher read from its token store (:func:`label_corpus`): the teacher network is never built.
 
-    Training steps read the stored top-k logits of the batch's samples (``Batch.index``: set ``return_index: true``
-    on the datamodule) as :class:`~kd_lightning.losses.token.SparseLogits`, which every token-level logit loss accepts.
+    Training steps read the stored outputs the terms name for the batch's samples (``Batch.index``: set
+    ``return_index: true`` on the datamodule): top-k logits as :class:`~kd_lightning.losses.token.SparseLogits`, which
+    every token-level logit loss accepts, per-token states as ``[B, L, D]`` and ``pooled`` as ``[B, H]`` (float32).
+    A term reading an output the store does not hold is refused when the fit starts, with the outputs it holds.
     When the fit starts the store is checked against the training split (its token ids), the datamodule's tokenizer
     and, when ``teacher`` is given, the teacher's weights; each batch against the per-sample checksums. A dataset that
     draws its masks per epoch (``TextDataModule`` with ``task: mlm``) is set to yield the labelled (first) epoch's
@@ -553,6 +685,7 @@ class TokenStoreTeacher(TeacherSource):
 
     kind = EXTERNAL
     in_checkpoint = False
+    scores_new_inputs = False
 
     def __init__(self, path: str | Path, teacher: nn.Module | None = None, missing_mass: str = "tail") -> None:
         super().__init__()
@@ -561,15 +694,11 @@ class TokenStoreTeacher(TeacherSource):
         self.store = TokenStore(path)
         self.missing_mass = missing_mass
         self._expected = None if teacher is None else teacher_identity(teacher)
-        self._prefetched: dict[str | None, tuple[int, SparseLogits]] = {}
+        self._prefetched: dict[str | None, tuple[int, Outputs]] = {}
+        self.layers: list[str] = [LOGITS]
 
     def bind(self, student: nn.Module, layers: Sequence[str], num_classes: int) -> None:
-        features = [name for name in layers if name != LOGITS]
-        if features:
-            raise TokenStoreError(
-                f"the distillation terms read teacher features {features} but a token store holds logits only; "
-                f"distil logits from it, or use a live teacher for feature terms."
-            )
+        self.layers = list(layers)
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "store": None if self.store.key is None else self.store.key["teacher"]}
@@ -602,6 +731,17 @@ class TokenStoreTeacher(TeacherSource):
             raise self.store.refuse(
                 differing, "train on what was labelled, or label this setup into a new folder (kd-lightning-label)."
             )
+        self.check_outputs()
+
+    def check_outputs(self) -> None:
+        """Raise unless the store holds every teacher output the terms read."""
+        missing = [name for name in self.layers if name not in self.store.outputs]
+        if missing:
+            raise TokenStoreError(
+                f"the distillation terms read the teacher's {missing} but the token store at {str(self.store.path)!r} "
+                f"holds {self.store.outputs}; label a store of these outputs into a new folder (kd-lightning-label "
+                f"--outputs {' '.join(self.layers)}), or distil the outputs it holds."
+            )
 
     def check(self, module: Any, batch: Batch) -> None:
         if batch.index is None or not batch.is_sequence:
@@ -619,25 +759,29 @@ class TokenStoreTeacher(TeacherSource):
             if isinstance(part.index, Tensor) and part.index.device.type == "cpu" and part.is_sequence:
                 self._prefetched[name] = (part.size, self._read(part))
 
-    def _read(self, batch: Batch) -> SparseLogits:
+    def _read(self, batch: Batch) -> Outputs:
         size, length = batch.sequence_shape
         mask = batch.attention_mask
         lengths = mask.sum(1).cpu() if mask is not None else torch.full((size,), length)
         input_ids = batch.inputs.get("input_ids") if isinstance(batch.inputs, Mapping) else None
         if input_ids is not None:
             self.store.check_batch(batch.index, input_ids.cpu(), lengths)
-        values, indices, lse = self.store.rows(batch.index.long().cpu().tolist(), length)
-        return SparseLogits(values, indices, lse, self.store.vocab_size, self.missing_mass)
+        read = self.store.read(batch.index.long().cpu().tolist(), length, self.layers)
+        return {
+            name: replace(value, missing_mass=self.missing_mass) if isinstance(value, SparseLogits) else value
+            for name, value in read.items()
+        }
 
     def outputs(self, batch: Batch) -> Outputs:
         batch = Batch.parse(batch)
-        size, sparse = self._prefetched.pop(batch.part, (None, None))
-        if sparse is None or size != batch.size:
+        size, read = self._prefetched.pop(batch.part, (None, None))
+        if read is None or size != batch.size:
             if self.store.key is None:
                 self.store.open()
+                self.check_outputs()
             self.check(None, batch)
-            sparse = self._read(batch)
-        return {LOGITS: sparse.to(batch.device, non_blocking=True)}
+            read = self._read(batch)
+        return {name: value.to(batch.device, non_blocking=True) for name, value in read.items()}
 
     def eval_logits(self, batch: Batch) -> Tensor | None:
         return None

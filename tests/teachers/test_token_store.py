@@ -304,7 +304,7 @@ def test_the_label_command_writes_a_store_a_fit_trains_from(tmp_path, capsys, mo
     store = tmp_path / "store"
     main(["--config", fit_config(tmp_path, None), "--store", str(store), "--top_k", "8", "--shard_size", "4"])
     summary = capsys.readouterr().out
-    assert f"token store {store}:" in summary and "36 bytes per token" in summary
+    assert f"token store {store} of logits:" in summary and "36 bytes per token" in summary
     opened = TokenStore(store).open()
     assert opened.vocab_size == 4096 and opened.key["tokenizer"] and opened.key["top_k"] == 8
     source = {"class_path": "kd_lightning.teachers.TokenStoreTeacher", "init_args": {"path": str(store)}}
