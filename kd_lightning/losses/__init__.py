@@ -1,5 +1,6 @@
 """Distillation losses: pure tensor maths, no Lightning. Response-, feature- and relation-based, and for sequences:
-token-level logit losses (language models) and hidden-state losses between transformer layers.
+token-level logit losses (language models), hidden-state losses between transformer layers and sentence-embedding
+losses between encoders.
 
 Each loss is a function holding the maths plus a :class:`DistillationLoss` module holding its hyperparameters (and
 adapters), with ``forward(student, teacher, target=None) -> scalar``. Scales follow the CRD-benchmark
@@ -10,6 +11,12 @@ May import: nothing else of the package (the bottom layer).
 
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
 from kd_lightning.losses.base import ANY_LAYERS, DistillationLoss, TokenLoss
+from kd_lightning.losses.embedding import (
+    EmbeddingCosineLoss,
+    PairwiseCosineLoss,
+    embedding_cosine_loss,
+    pairwise_cosine_loss,
+)
 from kd_lightning.losses.feature import ATLoss, FitNetsLoss, NSTLoss, VIDLoss, at_loss, fitnets_loss, nst_loss, vid_loss
 from kd_lightning.losses.hidden import HiddenCosineLoss, HiddenMSELoss, hidden_cosine_loss, hidden_mse_loss
 from kd_lightning.losses.relation import (
@@ -48,6 +55,7 @@ __all__ = [
     "DISTLoss",
     "DKDLoss",
     "DistillationLoss",
+    "EmbeddingCosineLoss",
     "FSPLoss",
     "FitNetsLoss",
     "ForwardKLLoss",
@@ -59,6 +67,7 @@ __all__ = [
     "LazyAdapter",
     "NSTLoss",
     "PKTLoss",
+    "PairwiseCosineLoss",
     "RKDLoss",
     "ReverseKLLoss",
     "SPLoss",
@@ -72,6 +81,7 @@ __all__ = [
     "conv_regressor",
     "dist_loss",
     "dkd_loss",
+    "embedding_cosine_loss",
     "fitnets_loss",
     "forward_kl_loss",
     "fsp_loss",
@@ -81,6 +91,7 @@ __all__ = [
     "kd_loss",
     "ls_kd_loss",
     "nst_loss",
+    "pairwise_cosine_loss",
     "pkt_loss",
     "reverse_kl_loss",
     "rkd_loss",
