@@ -56,6 +56,7 @@ from kd_lightning.modules import (
     LayerwiseSelfDistillation,
     OfflineDistillation,
     OnlineDistillation,
+    OnPolicy,
     SelfDistillation,
     TemporalSelfDistillation,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "OfflineDistillation",
+    "OnPolicy",
     "OnlineDistillation",
     "PSKDTeacher",
     "Renormalize",

@@ -123,6 +123,8 @@ class TokenDataset(Dataset):
         masking: the masking of ``task="mlm"``.
         return_index: items carry ``index``, the sample's position in the dataset.
         seed: seed of the masks.
+        prompt_length: ``task="clm"``: the first ``prompt_length`` tokens of each sample are its prompt (label
+            ``-100``), the rest its completion; ``None``: every token is labelled.
     """
 
     def __init__(
@@ -132,12 +134,14 @@ class TokenDataset(Dataset):
         masking: Masking | None = None,
         return_index: bool = False,
         seed: int = 0,
+        prompt_length: int | None = None,
     ) -> None:
         check_choice(task, TASKS, "task")
         if task == "mlm" and masking is None:
             raise ValueError("expected a Masking for task='mlm' but got masking=None; pass one (TextDataModule does).")
         self.sequences, self.task, self.masking = sequences, task, masking
         self.return_index, self.seed, self.epoch = return_index, seed, 0
+        self.prompt_length = prompt_length
         self.augment = task == "mlm"
         self.views: int | None = None
 
@@ -160,7 +164,10 @@ class TokenDataset(Dataset):
             masked, labels = self.masking(input_ids, generator)
             item = {"input_ids": masked, "labels": labels}
         elif self.task == "clm":
-            item = {"input_ids": input_ids, "labels": input_ids.clone()}
+            labels = input_ids.clone()
+            if self.prompt_length is not None:
+                labels[: self.prompt_length] = IGNORE_INDEX  # the prompt: not a target
+            item = {"input_ids": input_ids, "labels": labels}
         else:
             item = {"input_ids": input_ids}
         if self.return_index:
@@ -257,6 +264,24 @@ def _check_numbers(**values: Any) -> None:
         )
 
 
+def _check_prompt(prompt_length: int | None, task: str, packing: bool, max_length: int) -> None:
+    """Raise unless ``prompt_length`` (when given) leaves a completion in a causal-LM sample of one unit."""
+    if prompt_length is None:
+        return
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 1:
+        raise ValueError(f"expected prompt_length None or an integer >= 1 but got prompt_length={prompt_length!r}.")
+    if task != "clm" or packing:
+        raise ValueError(
+            f"prompt_length splits each unit into a prompt and a completion for a causal LM, but task={task!r}"
+            f"{' with packing (blocks cut across units)' if packing else ''}; use task: clm and packing: false."
+        )
+    if prompt_length >= max_length:
+        raise ValueError(
+            f"expected prompt_length < max_length (room for a completion) but got prompt_length={prompt_length}, "
+            f"max_length={max_length}; lower prompt_length or raise max_length."
+        )
+
+
 def _check_tokenizer(tokenizer: Any, spec: str, task: str) -> None:
     if tokenizer.pad_token_id is None:
         raise ValueError(
@@ -307,6 +332,10 @@ class TextDataModule(SplitDataModule):
         num_workers: dataloader worker processes.
         shuffle_seed: seed of the training order and masks; ``None`` uses the run's seed (``seed_everything``).
         return_index: batches carry ``index``, each sample's position in its split.
+        prompt_length: prompt/completion samples (``task: clm``, no packing): the first ``prompt_length`` tokens of
+            each unit are its prompt (label ``-100``: no loss reads them) and the rest, up to ``max_length``, its
+            completion; the prompts on-policy distillation continues (:class:`~kd_lightning.OnPolicy`). Units of at
+            most ``prompt_length`` tokens are dropped. ``None``: every token is a target.
     """
 
     def __init__(
@@ -328,9 +357,11 @@ class TextDataModule(SplitDataModule):
         num_workers: int = 0,
         shuffle_seed: int | None = None,
         return_index: bool = False,
+        prompt_length: int | None = None,
     ) -> None:
         super().__init__()
         _check_sources(texts, files, corpus)
+        _check_prompt(prompt_length, task, packing, max_length)
         check_choice(task, TASKS, "task")
         check_choice(unit, UNITS, "unit")
         _check_numbers(
@@ -391,7 +422,13 @@ class TextDataModule(SplitDataModule):
         for name, indices in split_indices(len(units), hp.val_fraction, hp.test_fraction, hp.split_seed).items():
             self.units[name] = [units[i] for i in indices]
             sequences = self._sequences(self.units[name], name)
-            self.splits[name] = TokenDataset(sequences, hp.task, masking, hp.return_index, seed=hp.split_seed)
+            if hp.prompt_length is not None:  # a sample needs a completion token
+                kept = [i for i, ids in enumerate(sequences) if len(ids) > hp.prompt_length]
+                self.units[name] = [self.units[name][i] for i in kept]
+                sequences = [sequences[i] for i in kept]
+            self.splits[name] = TokenDataset(
+                sequences, hp.task, masking, hp.return_index, seed=hp.split_seed, prompt_length=hp.prompt_length
+            )
 
     def train_dataloader(self) -> TokenWindowLoader:
         """Shuffled batches in a seeded order, with the token counts of each batch's accumulation window."""

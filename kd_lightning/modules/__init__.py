@@ -8,6 +8,7 @@ from kd_lightning.modules.classifier import Classifier
 from kd_lightning.modules.deployable import Deployable
 from kd_lightning.modules.exits import BYOTExits
 from kd_lightning.modules.offline import OfflineDistillation
+from kd_lightning.modules.on_policy import OnPolicy
 from kd_lightning.modules.online import OnlineDistillation
 from kd_lightning.modules.self_distillation import SelfDistillation
 from kd_lightning.modules.self_layerwise import LayerwiseSelfDistillation
@@ -20,6 +21,7 @@ __all__ = [
     "DistillationModule",
     "LayerwiseSelfDistillation",
     "OfflineDistillation",
+    "OnPolicy",
     "OnlineDistillation",
     "SelfDistillation",
     "TemporalSelfDistillation",

@@ -6,12 +6,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from kd_lightning.core.batch import Batch
 from kd_lightning.core.networks import check_not_wrapped, require_network
 from kd_lightning.core.objective import DistillTerm
+from kd_lightning.core.taps import LOGITS
 from kd_lightning.modules._guards import check_something_to_learn
 from kd_lightning.modules.base import DistillationModule
+from kd_lightning.modules.on_policy import OnPolicy, token_ids
 from kd_lightning.teachers import EXTERNAL, CachedTeacher, FrozenTeacher, TeacherCache, TeacherSource
 
 
@@ -104,6 +108,9 @@ class OfflineDistillation(DistillationModule):
             stored once (K replayable views per sample) when the fit starts, and training reads them instead of
             running the teacher; validation and test still run it. ``None``: the teacher runs every step.
         allow_untrained_teacher: distil from the teacher even when nothing shows it is trained.
+        on_policy: an :class:`~kd_lightning.modules.on_policy.OnPolicy`: with probability ``lmbda`` a batch is
+            replaced by continuations of its prompts sampled from the student (GKD) or the teacher (sequence-level
+            KD), which the teacher scores; causal language models only. ``None``: the batches train as they come.
         **kwargs: the shared settings of every mode (``num_classes``, ``optimizer``, ``lr_scheduler``,
             ``label_smoothing``, ``on_nonfinite``, ``compile``, ``channels_last``): see
             :class:`~kd_lightning.modules.DistillationModule`.
@@ -121,6 +128,7 @@ class OfflineDistillation(DistillationModule):
         teacher_dtype: str | None = None,
         teacher_cache: TeacherCache | None = None,
         allow_untrained_teacher: bool = False,
+        on_policy: OnPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         teacher_weights = None if teacher_weights is None else str(teacher_weights)  # saved as a plain hparam
@@ -137,7 +145,79 @@ class OfflineDistillation(DistillationModule):
         check_something_to_learn(
             self.objective.ce_weight, [t.weight for t in self.objective.terms], "OfflineDistillation"
         )
+        if on_policy is not None and not isinstance(on_policy, OnPolicy):
+            raise TypeError(
+                f"expected on_policy to be a kd_lightning.OnPolicy but got {type(on_policy).__name__}; in YAML: "
+                f"on_policy: {{class_path: kd_lightning.OnPolicy, init_args: {{lmbda: 0.5}}}}."
+            )
+        self.on_policy = on_policy
+        self._batch_idx = 0
+        self._generation_ids: dict[str, int | None] = {}
         self.save_init_arguments()
+
+    # ----------------------------------------------------------------- on-policy and sequence-level distillation
+    def setup(self, stage: str) -> None:
+        if self.on_policy is not None and stage == "fit":
+            self.check_on_policy()
+        super().setup(stage)
+
+    def check_on_policy(self) -> None:
+        """Before a fit with ``on_policy``: a teacher that runs, token losses on the labelled (generated) positions,
+        a sampling network that generates within its positions."""
+        if not self.teacher.scores_new_inputs:
+            raise ValueError(
+                f"on_policy makes the teacher score sequences sampled during the fit, but the teacher is "
+                f"{type(self.teacher).__name__} (stored outputs of the training set); give the teacher network (a "
+                f"FrozenTeacher), or drop on_policy."
+            )
+        for term in self.objective.terms:
+            if term.token_kind == LOGITS and getattr(term.loss, "positions", "real") not in ("labelled", "auto"):
+                raise ValueError(
+                    f"on_policy trains the token losses on the sampled tokens, which are the labelled positions of a "
+                    f"rolled-out batch, but term {term.name!r} reads positions: {term.loss.positions}; set "
+                    f"positions: labelled on its loss."
+                )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        hparams = getattr(datamodule, "hparams", {})
+        if "prompt_length" in hparams and hparams["prompt_length"] is None:
+            raise ValueError(
+                f"on_policy continues the prompts of prompt/completion samples, but {type(datamodule).__name__} has "
+                f"prompt_length: null (every token is a target, so no sample has a prompt); set data.init_args."
+                f"prompt_length (e.g. 32)."
+            )
+        prompt = hparams.get("prompt_length") or hparams.get("max_length")
+        teacher = self.teacher.networks().get("teacher")
+        sampler = self.student if self.on_policy.samples_from == "student" else teacher
+        config = getattr(sampler, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self.on_policy.check(self.student, teacher, positions, prompt)
+        self._generation_ids = token_ids(datamodule, sampler)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._batch_idx = batch_idx  # the rollout's seed (on_policy)
+        return super().training_step(batch, batch_idx)
+
+    def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The losses of the batch, or with ``on_policy`` (when the batch is drawn) of sequences sampled from its
+        prompts (:mod:`~kd_lightning.modules.on_policy`)."""
+        rolled = (
+            self.on_policy is not None
+            and self.training
+            and self._trainer is not None
+            and self.trainer.training
+            and self.on_policy.draws(self.current_epoch, self._batch_idx)
+        )
+        if not rolled:
+            return super().compute_losses(batch)
+        from_student = self.on_policy.samples_from == "student"
+        sampler = self.student if from_student else self.teacher.networks()["teacher"]
+        sampled = self.on_policy.rollout(
+            sampler, Batch.parse(batch), self.current_epoch, self._batch_idx, self.global_rank, self._generation_ids
+        )
+        losses = super().compute_losses(sampled)
+        if from_student and "ce" in losses:
+            losses["ce"] = torch.zeros_like(losses["ce"])  # the student's own samples are not targets
+        return losses
 
     @property
     def teacher_cache(self) -> TeacherCache | None:

@@ -61,6 +61,9 @@ class TeacherSource(nn.Module):
 
     kind: ClassVar[str] = EXTERNAL
     in_checkpoint: ClassVar[bool] = False
+    scores_new_inputs: ClassVar[bool] = True
+    """Whether :meth:`outputs` can answer inputs the training set does not hold (sequences sampled during the fit,
+    :class:`~kd_lightning.modules.on_policy.OnPolicy`): ``False`` for stored outputs."""
 
     # ----------------------------------------------------------------- once
     def bind(self, student: nn.Module, layers: Sequence[str], num_classes: int) -> None:

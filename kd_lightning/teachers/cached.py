@@ -48,6 +48,7 @@ class CachedTeacher(TeacherSource):
 
     kind = EXTERNAL
     in_checkpoint = False
+    scores_new_inputs = False
 
     def __init__(self, teacher: nn.Module, cache: TeacherCache | None = None) -> None:
         super().__init__()

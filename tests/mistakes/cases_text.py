@@ -278,6 +278,37 @@ CLI_MISTAKES = [
         ("quantized_copy: GPT2LMHeadModel is a transformer", "eager int8 path does not support", "no input_shape"),
         2,
     ),
+    # on-policy distillation (GKD) and token stores
+    CliMistake(
+        "on-policy distillation with lmbda 1.5",
+        text_edited("gpt2_tiny_on_policy.yaml", NO_TEACHER_FILE, ("lmbda: 0.5", "lmbda: 1.5")),
+        ("lmbda in [0, 1]", "lmbda=1.5", "model.init_args.on_policy.init_args.lmbda"),
+        2,
+    ),
+    CliMistake(
+        "on-policy sampling beyond the student's positions",
+        text_edited("gpt2_tiny_on_policy.yaml", NO_TEACHER_FILE, ("max_new_tokens: 64", "max_new_tokens: 120")),
+        ("max_new_tokens=120", "152 positions, beyond the 128", "lower max_new_tokens to 96"),
+        1,
+    ),
+    CliMistake(
+        "on-policy distillation on data without prompts",
+        text_edited("gpt2_tiny_on_policy.yaml", NO_TEACHER_FILE, ("prompt_length: 32", "prompt_length: null")),
+        ("prompt_length: null", "set data.init_args.prompt_length"),
+        1,
+    ),
+    CliMistake(
+        "on-policy distillation with a loss on every real token",
+        text_edited("gpt2_tiny_on_policy.yaml", NO_TEACHER_FILE, ("positions: labelled", "positions: real")),
+        ("reads positions: real", "set positions: labelled"),
+        1,
+    ),
+    CliMistake(
+        "the MiniLM store recipe before its store is labelled",
+        text_edited("minilm_l3_store.yaml"),
+        ("no token store at 'stores/minilm_l6_python_docs'", "kd-lightning-label --config"),
+        1,
+    ),
 ]
 
 

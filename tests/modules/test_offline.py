@@ -102,6 +102,7 @@ def test_checkpoint_has_no_teacher_and_reloads_strictly(tmp_path):
         "teacher_dtype": None,
         "teacher_cache": None,
         "allow_untrained_teacher": False,
+        "on_policy": None,
     }
 
     restored = OfflineDistillation.load_from_checkpoint(
