@@ -30,9 +30,14 @@ needs a finite logit in each model (softmax over no entry is NaN).
 
 Sparse teachers: every loss here (not the cross-entropy) also takes the teacher as :class:`SparseLogits`, the top-k
 logits per token with the log-normaliser of the full logits (a token store's rows,
-:class:`~kd_lightning.teachers.TokenStoreTeacher`). Each chunk's teacher distribution is rebuilt from them, the mass
-outside the top k placed by the ``missing_mass`` policy the target carries (``"tail"`` or ``"renormalise"``, see
-:class:`SparseLogits`), so no ``[B, L, V]`` teacher tensor is ever made; at ``k = V`` the loss equals the dense one.
+:class:`~kd_lightning.teachers.TokenStoreTeacher`). The teacher distribution they stand for places the mass outside
+the top k by the ``missing_mass`` policy the target carries (``"tail"`` or ``"renormalise"``, see
+:class:`SparseLogits`); there it is proportional to the student's distribution, so each loss over the ``V`` entries
+equals the same loss over ``k + 1`` buckets, the k stored entries and "the rest", and that is how it is computed: per
+chunk of ``n`` positions, the student's tempered log-softmax gathered at the k indices and ``log q_T(rest)`` (the
+logsumexp of its tempered log-probabilities outside them), ``[n, k + 1]``, against the teacher's k log-probabilities
+and ``log m_T`` (its missing mass), ``[n, k + 1]``. No ``[n, V]`` teacher tensor is made (the student's own softmax is
+the only vocabulary-wide work), and at ``k = V`` the loss equals the dense one.
 
 Which positions count: the modules' ``positions`` tells the Lightning objective which token positions to pass as
 ``mask`` (the rules live in :mod:`kd_lightning.core.tokens`). The default, ``"real"``, distils on every real
@@ -54,6 +59,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from kd_lightning.losses._checks import check_positive, token_normaliser
@@ -80,7 +86,9 @@ __all__ = [
 IGNORE_INDEX = -100
 POSITIONS = ("real", "labelled", "auto")
 RowsLoss = Callable[[Tensor, Tensor], Tensor]
-"""``(student rows [n, V], second rows [n, ...]) -> sum over the rows of the per-token loss`` (float32 scalar)."""
+"""``(student rows [n, V], second rows [n, ...]) -> sum over the rows of the per-token loss`` (float32 scalar); the
+divergences also take ``normalised=True``: rows that are already log-probabilities (a sparse teacher's ``k + 1``
+buckets, :func:`_chunk_loss`)."""
 MISSING_MASS = ("tail", "renormalise")
 
 
@@ -107,6 +115,18 @@ class SparseLogits:
       ``+inf`` whenever the student gives mass outside the top k: use ``"tail"`` with them.
 
     At ``k = V`` both policies give the dense teacher's distribution (to float rounding, any temperature).
+
+    The token losses never build ``p_T`` over the vocabulary (:meth:`log_probs` does, for reading it). Outside the top
+    k it is proportional to the student's distribution (``"tail"``: ``p_T[j] = m_T * q_T[j] / q_T(rest)``;
+    ``"renormalise"``: ``0 * q_T[j]``), and each loss sums per entry a term ``f(p_j, q_j)`` homogeneous of degree 1
+    (``p log(p / q)``, ``q log(q / p)``, the skew and JSD mixtures' KL terms, ``|p - q| / 2``), so the ``V - k`` other
+    entries sum to ``f(m_T, q_T(rest))``, in value and, ``p_T`` holding the student detached, in gradient w.r.t. the
+    student's logits (forward KL: ``m_T * (log m_T - log q_T(rest))``, whose gradient is the dense sum's). The losses
+    are computed over the ``k + 1`` buckets of :meth:`bucket_log_probs` (``[n, k + 1]``: the top k, then the rest)
+    against the student's (its tempered log-probabilities gathered at ``indices``, then ``log q_T(rest)``, the
+    logsumexp of its tempered log-probabilities outside them). Under ``"renormalise"`` the teacher's rest bucket is
+    ``-inf``, so forward KL reads only the k gathered log-probabilities (``sum_i p_i * (log p_i - log q_i)``) and the
+    losses weighted by the student stay ``+inf``. The indices of a row are taken to be distinct (a top k).
 
     Attributes:
         values: ``[B, L, k]`` top-k logits (any float dtype; read in float32).
@@ -186,30 +206,52 @@ class SparseLogits:
     def log_probs(self, student: Tensor, temperature: float = 1.0) -> Tensor:
         """The rebuilt teacher log-probabilities ``log p_T`` ``[n, V]`` float32 of rows ``[n, k]`` (see the class).
 
+        The dense form of the rebuilt distribution, for reading and checking it: the losses never build it, they
+        compute the same divergence over the ``k + 1`` buckets of :meth:`bucket_log_probs`.
+
         Args:
             student: the student's logits of the same rows ``[n, V]`` (read, detached, by the ``"tail"`` policy).
             temperature: ``T > 0``.
         """
-        values = self.values.float() / temperature
+        top, log_missing = self._top_log_probs(temperature)
         indices = self.indices.long()
-        rest = self.vocab_size - self.k
-        if self.missing_mass == "renormalise" or rest == 0:
-            top = values - values.logsumexp(-1, keepdim=True)
-            if self.missing_mass == "tail" and temperature == 1:
-                top = values - self.logsumexp.float()[:, None]
+        if log_missing is None:
             dense = torch.full(student.shape, -math.inf, dtype=torch.float32, device=student.device)
             return dense.scatter_(1, indices, top)
-        lse = self.logsumexp.float()
-        if temperature != 1:
-            tail_logit = lse + _log_missing(self.values.float().logsumexp(-1), lse) - math.log(rest)
-            lse = torch.logaddexp(values.logsumexp(-1), math.log(rest) + tail_logit / temperature)
-        top = values - lse[:, None]
-        log_missing = _log_missing(values.logsumexp(-1), lse)
         log_q = _log_probs(student.detach(), temperature)
         log_q_rest = log_q.scatter(1, indices, -math.inf).logsumexp(-1)
         tail = log_missing[:, None] + (log_q - log_q_rest[:, None])
         tail = tail.masked_fill_(torch.isnan(tail), -math.inf)
         return tail.scatter_(1, indices, top)
+
+    def bucket_log_probs(self, temperature: float = 1.0) -> Tensor:
+        """The rebuilt teacher distribution over ``k + 1`` buckets, ``[n, k + 1]`` float32 log-probabilities of rows.
+
+        Buckets ``0 .. k - 1`` are the stored entries (``log p_T[indices[:, i]]``), bucket ``k`` the other ``V - k``
+        entries together: ``log m_T`` (the tempered missing mass, at least float32's ``eps``) under ``"tail"``,
+        ``-inf`` under ``"renormalise"`` and at ``k = V``. On the other entries the rebuilt distribution is
+        proportional to the student's (``"tail"``: ``p_T[j] = m_T * q_T[j] / q_T(rest)``; ``"renormalise"``: 0), so
+        every token loss over the ``V`` entries equals the same loss over these buckets against the student's buckets
+        (its ``k`` gathered log-probabilities and ``log q_T(rest)``), in value and in gradient.
+        """
+        top, log_missing = self._top_log_probs(temperature)
+        if log_missing is None:
+            log_missing = torch.full_like(top[:, 0], -math.inf)
+        return torch.cat([top, log_missing[:, None]], dim=1)
+
+    def _top_log_probs(self, temperature: float) -> tuple[Tensor, Tensor | None]:
+        """``log p_T`` ``[n, k]`` on the stored entries and ``log m_T`` ``[n]`` (``None`` when no mass is outside)."""
+        values = self.values.float() / temperature
+        rest = self.vocab_size - self.k
+        if self.missing_mass == "renormalise" or rest == 0:
+            if self.missing_mass == "tail" and temperature == 1:
+                return values - self.logsumexp.float()[:, None], None
+            return values - values.logsumexp(-1, keepdim=True), None
+        lse = self.logsumexp.float()
+        if temperature != 1:
+            tail_logit = lse + _log_missing(self.values.float().logsumexp(-1), lse) - math.log(rest)
+            lse = torch.logaddexp(values.logsumexp(-1), math.log(rest) + tail_logit / temperature)
+        return values - lse[:, None], _log_missing(values.logsumexp(-1), lse)
 
 
 def _log_missing(top: Tensor, full: Tensor) -> Tensor:
@@ -279,21 +321,160 @@ def _row_mask(mask: Tensor | None, shape: torch.Size, device: torch.device, loss
 # ---------------------------------------------------------------- chunked sum over token positions
 
 
+def _zero_rows_(tensor: Tensor, rows: Tensor) -> Tensor:
+    """Set the rows of ``tensor`` ``[n, V]`` where ``rows`` ``[n]`` is True to 0, in place (NaN and ``inf`` included).
+
+    On a CPU the rows are found with ``nonzero`` (there is no device to wait for, and ``index_fill_`` is several times
+    faster than a broadcast ``masked_fill_`` there); elsewhere ``masked_fill_`` keeps the selection on the device.
+    """
+    if tensor.device.type == "cpu":
+        index = rows.nonzero().squeeze(1)
+        return tensor.index_fill_(0, index, 0.0) if index.numel() else tensor
+    return tensor.masked_fill_(rows[:, None], 0.0)
+
+
+class _StudentBuckets(torch.autograd.Function):
+    """The student's tempered log-probabilities over the ``k + 1`` buckets of sparse teacher rows, ``[N, k + 1]``.
+
+    With ``x = z / T`` (``z`` the logits ``[N, V]``, any float dtype, read in float32), ``I`` the ``k`` stored indices
+    of each row and ``R`` the other ``V - k`` entries: ``lse_R = logsumexp_{j in R} x_j`` (``-inf`` when ``R`` is
+    empty or excluded), ``lse = logaddexp(lse_R, logsumexp_{i in I} x_i)`` (the full log-normaliser, with no
+    cancellation) and the buckets ``log q_T[I] = x_I - lse`` and ``log q_T(rest) = lse_R - lse``.
+
+    The vocabulary-wide work runs ``chunk_size`` rows at a time (``None``: all at once): per chunk, ``x`` in float32
+    with ``I`` set to ``-inf``, and ``r = softmax(x)``, so ``r_j = exp(x_j - lse_R) = q_j / q_T(rest)`` on ``R`` and
+    ``lse_R = max_R x - log max_R r``. The backward pass, with ``g`` the gradient of the buckets and ``G`` its row
+    sum, is ``dL/dx_j = g_i - q_j * G`` on the stored entry ``j = I_i`` and ``(g_rest - q_T(rest) * G) * r_j`` on the
+    others, written chunk by chunk into the one ``[N, V]`` gradient: with a single chunk ``r`` is kept for it; with
+    several only ``[N]`` and ``[N, k + 1]`` tensors and a reference to ``z`` are, and each chunk's ``r`` is recomputed
+    from ``z`` (no checkpoint, no float32 ``[N, V]`` kept). Rows outside ``keep`` are read as zeros: their NaN or
+    infinite logits reach neither the buckets nor the gradient, which is 0 there.
+    """
+
+    @staticmethod
+    def rest_softmax(
+        chunk: Tensor, indices: Tensor, temperature: float, keep: Tensor | None, empty: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """``r`` (0 in the ``empty`` rows, those with no finite entry outside ``indices``), the gathered ``x[indices]``,
+        ``max_R x`` and ``empty`` of one chunk of logits; given ``empty`` (the backward pass), only ``r``."""
+        x = chunk.to(torch.float32, copy=True)
+        if keep is not None:
+            _zero_rows_(x, ~keep)
+        if temperature != 1:
+            x.div_(temperature)
+        top = x.gather(1, indices) if empty is None else None
+        x.scatter_(1, indices, -math.inf)
+        peak = x.amax(-1) if empty is None else None
+        empty = torch.isneginf(peak) if empty is None else empty
+        r = torch.softmax(x, dim=-1)
+        return _zero_rows_(r, empty), top, peak, empty
+
+    @staticmethod
+    def forward(
+        ctx, logits: Tensor, indices: Tensor, temperature: float, keep: Tensor | None, chunk_size: int | None
+    ) -> Tensor:
+        rows = logits.shape[0]
+        step = rows if chunk_size is None else max(chunk_size, 1)
+        tops, lse_rests = [], []
+        for start in range(0, rows, step):
+            chunk = slice(start, start + step)
+            kept = None if keep is None else keep[chunk]
+            r, top, peak, empty = _StudentBuckets.rest_softmax(logits[chunk], indices[chunk], temperature, kept)
+            tops.append(top)  # lse_R = max_R x - log(max_R r), -inf where R has no finite entry
+            lse_rests.append(torch.where(empty, -math.inf, peak - r.amax(-1).log()))
+        top = tops[0] if len(tops) == 1 else torch.cat(tops)
+        lse_rest = lse_rests[0] if len(lse_rests) == 1 else torch.cat(lse_rests)
+        lse = torch.logaddexp(lse_rest, top.logsumexp(-1))
+        buckets = torch.cat([top - lse[:, None], (lse_rest - lse)[:, None]], dim=1)
+        ctx.temperature, ctx.step, ctx.dtype = temperature, step, logits.dtype
+        ctx.kept = rows <= step
+        if ctx.kept:
+            ctx.save_for_backward(buckets, indices, r)
+        else:
+            ctx.save_for_backward(buckets, indices, logits, keep, torch.isneginf(lse_rest))
+        return buckets
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        buckets, indices, *saved = ctx.saved_tensors
+        scale = 1 / ctx.temperature
+        total = grad.sum(-1, keepdim=True)
+        q = buckets.exp()
+        rest_coef = (grad[:, -1:] - q[:, -1:] * total) * scale  # [N, 1]: dL/dx_j = rest_coef * r_j on R
+        top_grad = (grad[:, :-1] - q[:, :-1] * total) * scale  # [N, k]
+        if ctx.kept:
+            (r,) = saved
+            return (r * rest_coef).scatter_(1, indices, top_grad).to(ctx.dtype), None, None, None, None
+        logits, keep, empty = saved
+        dx = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        for start in range(0, logits.shape[0], ctx.step):
+            chunk = slice(start, start + ctx.step)
+            kept = None if keep is None else keep[chunk]
+            r = _StudentBuckets.rest_softmax(logits[chunk], indices[chunk], ctx.temperature, kept, empty[chunk])[0]
+            if dx.dtype == torch.float32:
+                torch.mul(r, rest_coef[chunk], out=dx[chunk]).scatter_(1, indices[chunk], top_grad[chunk])
+            else:
+                dx[chunk] = r.mul_(rest_coef[chunk]).scatter_(1, indices[chunk], top_grad[chunk])
+        return dx, None, None, None, None
+
+
+def _sparse_buckets(
+    student: Tensor, teacher: SparseLogits, temperature: float, keep: Tensor | None, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The student's and the rebuilt teacher's log-probabilities over the ``k + 1`` buckets, ``[n, k + 1]`` each.
+
+    The student's are :class:`_StudentBuckets`, the teacher's :meth:`SparseLogits.bucket_log_probs`; where the
+    student excludes every entry outside the top k (``log q_T(rest) = -inf``) the teacher's rest bucket is ``-inf``
+    too, as the dense rebuild (whose tail is then 0). The teacher's buckets are then normalised (``log_softmax`` over
+    the ``k + 1``), as the dense path's tempered softmax of ``T * log p_T`` normalised the rebuilt distribution: a
+    no-op but where the ``eps`` floor raised the missing mass or the student has no rest. Rows outside ``keep`` are
+    uniform on both sides (equal rows: every loss is 0 there, to float rounding of the mixtures, as the dense path's
+    zero logits, with a zero gradient).
+    """
+    indices = teacher.indices.long()
+    student_buckets = _StudentBuckets.apply(student, indices, temperature, keep, chunk_size)
+    teacher_buckets = teacher.bucket_log_probs(temperature)
+    teacher_buckets[:, -1].masked_fill_(torch.isneginf(student_buckets[:, -1].detach()), -math.inf)
+    teacher_buckets = teacher_buckets.log_softmax(-1)
+    if keep is not None:
+        uniform = -math.log(teacher.k + 1)
+        student_buckets = student_buckets.masked_fill(~keep[:, None], uniform)
+        teacher_buckets = teacher_buckets.masked_fill(~keep[:, None], uniform)
+    return student_buckets, teacher_buckets
+
+
 def _chunk_loss(
-    rows_loss: RowsLoss, first: Tensor, second: Tensor | SparseLogits, keep: Tensor | None, temperature: float = 1.0
+    rows_loss: RowsLoss,
+    first: Tensor,
+    second: Tensor | SparseLogits,
+    keep: Tensor | None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """The sum of one chunk's per-token losses; rows outside ``keep`` count 0.
 
-    Sparse teacher rows (:class:`SparseLogits`) are first rebuilt as dense logits ``T * log p_T`` of this chunk only
-    (their policy for the missing mass), whose tempered softmax is the rebuilt distribution.
+    Sparse teacher rows (:class:`SparseLogits`, ``[n, k]``) never become a dense ``[n, V]`` teacher: the loss is
+    computed over ``k + 1`` buckets (the k stored entries and the rest of the vocabulary), from the student's bucket
+    log-probabilities ``[n, k + 1]`` (its tempered log-softmax gathered at the k indices, and ``log q_T(rest)``, the
+    logsumexp of its tempered log-probabilities outside them) and the teacher's (its k log-probabilities and ``log
+    m_T``, the missing mass; ``-inf`` under ``"renormalise"``). Because the rebuilt teacher is proportional to the
+    student outside the top k (``"tail"``: ``p_T[j] = m_T * q_T[j] / q_T(rest)``, the student detached;
+    ``"renormalise"``: 0), and every loss here sums a term that is homogeneous of degree 1 in ``(p_j, q_j)``, the sum
+    over the other ``V - k`` entries is the one term of the rest bucket: the bucket loss equals the dense loss
+    against :meth:`SparseLogits.log_probs` in value and in gradient (e.g. forward KL's ``m_T * (log m_T - log
+    q_T(rest))``), for ``O(n * V)`` work on the student and no ``[n, V]`` teacher tensor.
 
     An unselected row is neutralised before the maths, never masked after it: its logits become zeros on both sides
-    (two equal distributions: every KL-family loss and the TVD are exactly 0, with a zero gradient) and its label
-    becomes ``-100`` (ignored by the cross-entropy). So a padded position holding NaN or ``-inf`` logits reaches
-    neither the value nor the gradient.
+    (two equal distributions: every KL-family loss and the TVD are 0, to float rounding of the mixtures, with a zero
+    gradient) and its label becomes ``-100`` (ignored by the cross-entropy). So a padded position holding NaN or
+    ``-inf`` logits reaches neither the value nor the gradient.
     """
     if isinstance(second, SparseLogits):
-        second = second.log_probs(first, temperature) * temperature
+        student_buckets, teacher_buckets = _sparse_buckets(first, second, temperature, keep, chunk_size)
+        return rows_loss(student_buckets, teacher_buckets, normalised=True)
     if keep is not None:
         first = first.masked_fill(~keep[:, None], 0)
         second = second.masked_fill(~keep, IGNORE_INDEX) if second.ndim == 1 else second.masked_fill(~keep[:, None], 0)
@@ -312,32 +493,37 @@ def _sum_over_rows(
 
     Every row is visited and the unselected ones count 0 (:func:`_chunk_loss`): the selection is never read on the
     host (no ``nonzero``), so a training step on a GPU does not wait for it; padded positions cost their share of the
-    per-token maths instead. Under autograd, when there is more than one chunk, each chunk is checkpointed: only
-    references to the inputs are kept, and the chunk's float32 maths is recomputed in the backward pass (a single
-    chunk is not: its backward would recompute the same float32 tensors it saves, at the same peak). The sum starts
-    from an empty slice of ``first``, so no rows give a 0 that still belongs to the graph (its gradient is 0).
+    per-token maths instead. Under autograd, when there is more than one chunk, each chunk of a dense teacher (or of
+    labels) is checkpointed: only references to the inputs are kept, and the chunk's float32 maths is recomputed in
+    the backward pass (a single chunk is not: its backward would recompute the same float32 tensors it saves, at the
+    same peak). The rows are split into chunks with ``Tensor.split`` (their gradients are concatenated once), a single
+    chunk is the rows themselves, and no rows give ``first.sum()`` over none, a 0 that still belongs to the graph (its
+    gradient is 0). A sparse teacher's rows go to :func:`_chunk_loss` at once: only its vocabulary-wide work is chunked,
+    inside :class:`_StudentBuckets` (no checkpoint, no float32 ``[n, V]`` kept between the passes when chunked, the
+    gradient written chunk by chunk), and its loss over the ``[N, k + 1]`` buckets is computed for all rows together.
     """
-    total = first[:0].float().sum()
     rows = first.shape[0]
+    if rows == 0:
+        return first.float().sum()  # 0, still in the graph (its gradient is 0)
+    if isinstance(second, SparseLogits):  # one call: its vocabulary-wide work is chunked inside (_StudentBuckets)
+        return _chunk_loss(rows_loss, first, second, keep, temperature, chunk_size)
     step = rows if chunk_size is None else chunk_size
-    checkpointed = rows > step and torch.is_grad_enabled() and first.requires_grad
-    for start in range(0, rows, max(step, 1)):
-        chunk = slice(start, start + step)
+    chunked = rows > step
+    checkpointed = chunked and torch.is_grad_enabled() and first.requires_grad
+    # split, not sliced: one concatenation of the chunks' gradients (a slice's backward is a zero-filled full copy)
+    pieces = first.split(step) if chunked else (first,)
+    total = None
+    for index, piece in enumerate(pieces):
+        chunk = slice(index * step, (index + 1) * step)
         kept = None if keep is None else keep[chunk]
+        rest = second[chunk] if chunked else second
         if checkpointed:
             part = checkpoint(
-                _chunk_loss,
-                rows_loss,
-                first[chunk],
-                second[chunk],
-                kept,
-                temperature,
-                use_reentrant=False,
-                preserve_rng_state=False,
+                _chunk_loss, rows_loss, piece, rest, kept, temperature, use_reentrant=False, preserve_rng_state=False
             )
         else:
-            part = _chunk_loss(rows_loss, first[chunk], second[chunk], kept, temperature)
-        total = total + part
+            part = _chunk_loss(rows_loss, piece, rest, kept, temperature)
+        total = part if total is None else total + part
     return total
 
 
@@ -400,23 +586,34 @@ def _log_mixture(log_p: Tensor, log_q: Tensor, weight: float) -> Tensor:
     return torch.logaddexp(first, second).masked_fill_(both, -math.inf)
 
 
-def _skew_kl_rows(student: Tensor, teacher: Tensor, temperature: float, skew: float, reverse: bool) -> Tensor:
+def _rows_log_probs(student: Tensor, teacher: Tensor, temperature: float, normalised: bool) -> tuple[Tensor, Tensor]:
+    """The two rows' log-probabilities: ``log softmax(z / T)`` of logits, or the rows as they are when ``normalised``
+    (the ``[n, k + 1]`` bucket log-probabilities of a sparse teacher, already tempered)."""
+    if normalised:
+        return student, teacher
+    return _log_probs(student, temperature), _log_probs(teacher, temperature)
+
+
+def _skew_kl_rows(
+    student: Tensor, teacher: Tensor, temperature: float, skew: float, reverse: bool, normalised: bool = False
+) -> Tensor:
     """``KL(p || skew * p + (1 - skew) * q)``, ``p`` the teacher (the student when ``reverse``); plain KL at 0."""
-    log_s, log_t = _log_probs(student, temperature), _log_probs(teacher, temperature)
+    log_s, log_t = _rows_log_probs(student, teacher, temperature, normalised)
     log_p, log_q = (log_s, log_t) if reverse else (log_t, log_s)
     return _kl(log_p, log_q if skew == 0 else _log_mixture(log_p, log_q, skew))
 
 
-def _jsd_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float) -> Tensor:
+def _jsd_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float, normalised: bool = False) -> Tensor:
     """``beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``, ``m = beta * p_t + (1 - beta) * p_s``, ``0 < beta < 1``."""
-    log_s, log_t = _log_probs(student, temperature), _log_probs(teacher, temperature)
+    log_s, log_t = _rows_log_probs(student, teacher, temperature, normalised)
     log_m = _log_mixture(log_t, log_s, beta)
     return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
 
 
-def _tvd_rows(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+def _tvd_rows(student: Tensor, teacher: Tensor, temperature: float, normalised: bool = False) -> Tensor:
     """``sum_rows 1/2 * sum_v |p_t - p_s|``."""
-    p_s, p_t = _log_probs(student, temperature).exp(), _log_probs(teacher, temperature).exp()
+    log_s, log_t = _rows_log_probs(student, teacher, temperature, normalised)
+    p_s, p_t = log_s.exp(), log_t.exp()
     return 0.5 * (p_t - p_s).abs().sum()
 
 
