@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kd_lightning.losses._checks import check_non_negative, check_positive, token_normaliser
 from kd_lightning.losses.base import DistillationLoss, TokenLoss
+from kd_lightning.losses.token import _check_chunk_size, _row_mask
 
 __all__ = [
     "SpanAlignedKLLoss",
@@ -84,14 +85,6 @@ def _check_top_k(top_k: int | None) -> None:
         )
 
 
-def _check_chunk_size(chunk_size: int | None) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(
-            f"expected chunk_size None or an integer >= 1 but got chunk_size={chunk_size!r}; pass the number of "
-            f"token positions to upcast at a time (e.g. 1024), or None for a single chunk."
-        )
-
-
 def _check_merge(merge: str) -> None:
     if merge not in MERGES:
         raise ValueError(
@@ -107,18 +100,6 @@ def _check_positions(positions: str) -> None:
             f"labelled (completion) tokens, as the ULD paper, 'real' every real token, 'auto' the labelled tokens when "
             f"the batch has labels and every real token otherwise."
         )
-
-
-def _row_mask(mask: Tensor | None, shape: torch.Size, device: torch.device, loss: str) -> Tensor | None:
-    """The selected positions as a flat bool mask ``[B * L]`` (``None``: every position)."""
-    if mask is None:
-        return None
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(
-            f"{loss} expected a mask of shape [B, L] = {tuple(shape)} but got {tuple(mask.shape)}; pass one boolean "
-            f"per aligned token position (True = counted), or mask=None to count every position."
-        )
-    return mask.to(device=device, dtype=torch.bool).flatten()
 
 
 # ---------------------------------------------------------------- ULD
