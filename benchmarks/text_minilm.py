@@ -114,9 +114,10 @@ def held_out() -> tuple[list[str], list[dict[str, Tensor]]]:
 @torch.no_grad()
 def embed(network: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Sentence embeddings ``[B, H]``: mean of the last hidden states over the real tokens, L2-normalised."""
+    from kd_lightning.core.taps import mean_pool
+
     hidden = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
 
 def fidelity(student: Tensor, teacher: Tensor) -> dict[str, float]:

@@ -56,3 +56,13 @@ def fast_trainer_kwargs(tmp_path: Path, **overrides) -> dict:
 def fast_trainer(tmp_path: Path, **overrides) -> L.Trainer:
     """A CPU Trainer with tiny budgets, no logger and no progress bar."""
     return L.Trainer(**fast_trainer_kwargs(tmp_path, **overrides))
+
+
+class LossRecorder(L.Callback):
+    """Records the loss of every training step (``losses``), as a float."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from kd_lightning.core.networks import count_parameters, hookless_copy
+from kd_lightning.core.taps import mean_pool
 from kd_lightning.export.formats import (
     DYNAMO_MIN_OPSET,
     ExportedFile,
@@ -113,7 +114,7 @@ class Pooling:
         elif self.mode == "max":
             pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
         else:
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = mean_pool(hidden, attention_mask).to(hidden.dtype)
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
     def as_dict(self) -> dict[str, Any]:

@@ -381,26 +381,28 @@ class TokenStore:
             self._shards[shard] = arrays
         return arrays
 
+    def _padded(self, index: Sequence[int], length: int, array: str, width: tuple[int, ...], dtype: Any) -> Tensor:
+        """Stored array ``array`` of samples ``index`` as ``[B, length, *width]``: each sample's rows first, zeros
+        after (padding positions, never read by the losses)."""
+        padded = np.zeros((len(index), length, *width), dtype=dtype)
+        for row, sample in enumerate(index):
+            shard, start, count = (int(v) for v in self._offsets[sample])
+            stop = start + min(count, length)
+            padded[row, : stop - start] = self._shard(shard)[array][start:stop]
+        return torch.from_numpy(padded)
+
     def rows(self, index: Sequence[int], length: int) -> tuple[Tensor, Tensor, Tensor]:
         """``values [B, length, k]``, ``indices [B, length, k]`` (int32) and ``logsumexp [B, length]`` of samples
         ``index``, each sample's rows first and zeros after (padding positions, never read by the losses)."""
         key = self.key
         width = key["vocab_size"] if key["top_k"] is None else key["top_k"]
-        values = np.zeros((len(index), length, width), dtype=VALUE_DTYPES[key["dtype"]])
-        lse = np.zeros((len(index), length), dtype=np.float32)
-        indices = None if key["top_k"] is None else np.zeros((len(index), length, width), dtype=np.int32)
-        for row, sample in enumerate(index):
-            shard, start, count = (int(v) for v in self._offsets[sample])
-            arrays, rows = self._shard(shard), slice(start, start + min(count, length))
-            values[row, : rows.stop - start] = arrays["values"][rows]
-            lse[row, : rows.stop - start] = arrays["logsumexp"][rows]
-            if indices is not None:
-                indices[row, : rows.stop - start] = arrays["indices"][rows]
-        if indices is None:
+        values = self._padded(index, length, "values", (width,), VALUE_DTYPES[key["dtype"]])
+        lse = self._padded(index, length, "logsumexp", (), np.float32)
+        if key["top_k"] is None:
             ids = torch.arange(width, dtype=torch.int32).expand(len(index), length, width)
         else:
-            ids = torch.from_numpy(indices)
-        return torch.from_numpy(values), ids, torch.from_numpy(lse)
+            ids = self._padded(index, length, "indices", (width,), np.int32)
+        return values, ids, lse
 
     def read(self, index: Sequence[int], length: int, names: Sequence[str]) -> dict[str, Tensor | SparseLogits]:
         """The stored outputs ``names`` of samples ``index`` padded to ``length`` positions (zeros after each sample's
@@ -412,7 +414,8 @@ class TokenStore:
             if kind == LOGIT_ROWS:
                 read[name] = SparseLogits(*self.rows(index, length), self.vocab_size)
             elif kind == STATES:
-                read[name] = self._states(index, length, f"states-{self.outputs.index(name)}", self.key["widths"][name])
+                array, width = f"states-{self.outputs.index(name)}", self.key["widths"][name]
+                read[name] = self._padded(index, length, array, (width,), np.float32)
             else:
                 vectors = np.stack([self._shard(s)[SAMPLE_VECTORS][i] for s, i in self._sample_positions(index)])
                 read[name] = torch.from_numpy(vectors.astype(np.float32))
@@ -421,14 +424,6 @@ class TokenStore:
     def _sample_positions(self, index: Sequence[int]) -> list[tuple[int, int]]:
         """``(shard, position in the shard)`` of each sample."""
         return [(int(i) // self.shard_size, int(i) % self.shard_size) for i in index]
-
-    def _states(self, index: Sequence[int], length: int, array: str, width: int) -> Tensor:
-        states = np.zeros((len(index), length, width), dtype=np.float32)
-        for row, sample in enumerate(index):
-            shard, start, count = (int(v) for v in self._offsets[sample])
-            stop = start + min(count, length)
-            states[row, : stop - start] = self._shard(shard)[array][start:stop]
-        return torch.from_numpy(states)
 
     def check_batch(self, index: Tensor, input_ids: Tensor, lengths: Tensor) -> None:
         """Raise unless the batch's token ids are those the store was labelled on (per-sample checksums)."""

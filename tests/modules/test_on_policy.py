@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import fast_trainer
+from helpers import LossRecorder, fast_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_lightning import DistillTerm, OfflineDistillation, OnPolicy, TeacherCache
@@ -49,17 +49,8 @@ def module(on_policy: OnPolicy | None, student=None, teacher=None, positions: st
     )
 
 
-class Record(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.batches: list[Batch] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
-
-
 def fit(model, steps: int = 3, datamodule: TextDataModule | None = None, **trainer_kwargs):
-    record = Record()
+    record = LossRecorder()
     limits = {"max_steps": steps, "limit_train_batches": steps, "limit_val_batches": 0}
     trainer = fast_trainer(Path(trainer_kwargs.pop("root", ".")), callbacks=[record], **limits, **trainer_kwargs)
     L.seed_everything(0, verbose=False)

@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
-from helpers import fast_trainer
+from helpers import LossRecorder, fast_trainer
 
 from kd_lightning import DistillTerm, OfflineDistillation
 from kd_lightning.core.batch import Batch
@@ -60,14 +60,6 @@ def loader(dataset: Blocks) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=TokenCollator(0))
 
 
-class Record(__import__("lightning").Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
-
-
 def fit(tmp_path, student, teacher, dataset, steps: int = 3, temperature: float = 2.0):
     module = OfflineDistillation(
         student,
@@ -78,7 +70,7 @@ def fit(tmp_path, student, teacher, dataset, steps: int = 3, temperature: float 
         optimizer=SGD,
         **({} if isinstance(teacher, TokenStoreTeacher) else {"allow_untrained_teacher": True}),
     )
-    record = Record()
+    record = LossRecorder()
     trainer = fast_trainer(
         tmp_path, max_steps=steps, limit_train_batches=steps, limit_val_batches=0, callbacks=[record]
     )

@@ -12,7 +12,7 @@ import signal
 import lightning as L
 import pytest
 import torch
-from helpers import fast_trainer
+from helpers import LossRecorder, fast_trainer
 
 from kd_lightning import DistillTerm, OfflineDistillation
 from kd_lightning.core.batch import Batch
@@ -63,18 +63,10 @@ def terms(layer: bool = True) -> list[DistillTerm]:
     return chosen + ([DistillTerm(HiddenMSELoss(), student=LAYER, name="layer_mse")] if layer else [])
 
 
-class Record(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
-
-
 def fit(tmp_path, student, teacher, dataset, steps: int = 3, layer: bool = True):
     live = {} if isinstance(teacher, TokenStoreTeacher) else {"allow_untrained_teacher": True}
     module = OfflineDistillation(student, teacher, terms=terms(layer), ce_weight=0.0, optimizer=SGD, **live)
-    record = Record()
+    record = LossRecorder()
     trainer = fast_trainer(
         tmp_path, max_steps=steps, limit_train_batches=steps, limit_val_batches=0, callbacks=[record]
     )
