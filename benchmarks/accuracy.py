@@ -89,6 +89,7 @@ ROWS: list[Row] = [
     Row("PKT", "pkt.yaml", "relation"),
     Row("CC", "cc.yaml", "relation"),
     Row("FSP", "fsp.yaml", "relation"),
+    Row("CRD", "crd.yaml", "relation"),
     Row("KD + AT + FitNets + RKD", "kd_at_rkd.yaml", "combined"),
     Row("online KD (teacher trained alongside)", "online_kd.yaml", "online"),
     Row("DML (3 peers)", "online_dml.yaml", "online"),

@@ -8,6 +8,11 @@ modules looks at the raw form again:
 * dicts of tensors, as Hugging Face collators make them: ``input_ids``, ``attention_mask``, ``token_type_ids``,
   ``pixel_values``, ... are the model's keyword arguments; ``labels`` (optional), ``index`` and
   :data:`~kd_lightning.core.tokens.WINDOW_COUNTS` are metadata and never passed to the model;
+* a dict of token batches for two tokenizers (cross-tokenizer distillation, ``TextDataModule(teacher_tokenizer=...)``):
+  the keys prefixed ``teacher_`` (``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``,
+  ``teacher_span_groups``) are the same texts as the teacher's tokenizer cuts them: :attr:`Batch.teacher_view`, what
+  a frozen teacher runs on (:meth:`Batch.for_teacher`); ``span_groups`` ``[B, L]`` numbers the aligned character spans
+  of each side (``-1``: in no span) and is metadata, as ``labels``;
 * a dict of such batches, as Lightning's ``CombinedLoader`` yields when ``train_dataloader`` returns a dict of loaders
   (``{"labelled": (x, y), "unlabelled": (x,)}``): :func:`parse_parts` gives each part as its own ``Batch``.
 
@@ -27,8 +32,10 @@ from kd_lightning.core.tokens import WINDOW_COUNTS, Targets
 
 Inputs = Tensor | Mapping[str, Tensor]
 """A model input: one tensor, or the keyword arguments of a Hugging Face model."""
-LABELS, INDEX, ATTENTION_MASK = "labels", "index", "attention_mask"
-METADATA = frozenset({LABELS, INDEX, WINDOW_COUNTS})
+LABELS, INDEX, ATTENTION_MASK, SPAN_GROUPS = "labels", "index", "attention_mask", "span_groups"
+TEACHER_PREFIX = "teacher_"
+"""The prefix of the keys of a dict batch that hold the teacher's own tokenization (:attr:`Batch.teacher_view`)."""
+METADATA = frozenset({LABELS, INDEX, WINDOW_COUNTS, SPAN_GROUPS})
 """Keys of a dict batch that are not model inputs."""
 SEQUENCE_KEYS = ("input_ids", "attention_mask")
 
@@ -61,6 +68,8 @@ class Batch:
         window_counts: token counts of the batch's gradient-accumulation window (a ``TokenWindowLoader``), or
             ``None``.
         part: the name of this batch in a combined training batch (:func:`parse_parts`), ``None`` for a whole batch.
+        span_groups: ``[B, L]`` the aligned character span of each token (cross-tokenizer batches; ``-1``: none).
+        teacher_view: the same samples as the teacher's tokenizer cuts them (cross-tokenizer batches), else ``None``.
 
     Example:
         >>> import torch
@@ -74,6 +83,8 @@ class Batch:
     index: Tensor | None = None
     window_counts: Tensor | None = None
     part: str | None = None
+    span_groups: Tensor | None = None
+    teacher_view: Batch | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> Batch:
@@ -81,8 +92,20 @@ class Batch:
         if isinstance(raw, Batch):
             return raw
         if isinstance(raw, Mapping):
-            inputs = {key: value for key, value in raw.items() if key not in METADATA}
-            return cls(inputs, raw.get(LABELS), raw.get(INDEX), raw.get(WINDOW_COUNTS))
+            own = {key: value for key, value in raw.items() if not key.startswith(TEACHER_PREFIX)}
+            theirs = {key[len(TEACHER_PREFIX) :]: value for key, value in raw.items() if key.startswith(TEACHER_PREFIX)}
+            teacher_view = None
+            if theirs:
+                teacher_view = cls.parse({**theirs, INDEX: raw.get(INDEX)} if INDEX in raw else theirs)
+            inputs = {key: value for key, value in own.items() if key not in METADATA}
+            return cls(
+                inputs,
+                raw.get(LABELS),
+                raw.get(INDEX),
+                raw.get(WINDOW_COUNTS),
+                span_groups=raw.get(SPAN_GROUPS),
+                teacher_view=teacher_view,
+            )
         if isinstance(raw, Tensor):
             return cls(raw)
         items = list(raw)
@@ -123,11 +146,31 @@ class Batch:
             inputs = next(value for value in inputs.values() if isinstance(value, Tensor))
         return inputs.device
 
-    def targets(self, causal: bool = False, normalizers: Mapping[str, Tensor] | None = None) -> Targets:
+    def for_teacher(self) -> Batch:
+        """The batch a teacher network runs on: its own tokenization (:attr:`teacher_view`) when there is one."""
+        return self.teacher_view if self.teacher_view is not None else self
+
+    def targets(
+        self,
+        causal: bool = False,
+        normalizers: Mapping[str, Tensor] | None = None,
+        teacher_causal: bool | None = None,
+        dataset: Mapping[str, Any] | None = None,
+    ) -> Targets:
         """What the objective compares with (see :class:`~kd_lightning.core.tokens.Targets`): the labels, and for a
-        sequence batch the attention mask, the causal shift of the student and the token normalisers."""
+        sequence batch the attention mask, the causal shift of the student and the token normalisers.
+
+        Its ``context`` carries what a loss may ask for per batch (:mod:`kd_lightning.core.context`): the sample
+        indices, what ``dataset`` says of the training dataset (``dataset_size``, ``dataset_labels``), and for token
+        batches the input ids, the span groups and the teacher's own targets (``teacher_causal``: the teacher is a
+        causal LM; default ``causal``).
+        """
+        context: dict[str, Any] = {"index": self.index, **(dataset or {})}
         if not self.is_sequence:
-            return Targets(self.labels)
+            return Targets(self.labels, context=context)
+        context |= {"input_ids": self.inputs.get("input_ids"), "span_groups": self.span_groups}
+        if self.teacher_view is not None:
+            context["teacher"] = self.teacher_view.targets(causal if teacher_causal is None else teacher_causal)
         return Targets(
             self.labels,
             self.attention_mask,
@@ -136,6 +179,7 @@ class Batch:
             shape=self.sequence_shape,
             device=self.device,
             sequence=True,
+            context=context,
         )
 
     # ----------------------------------------------------------------- derived batches
@@ -144,10 +188,12 @@ class Batch:
         return call(network, self.inputs)
 
     def map_inputs(self, function: Callable[[Tensor], Tensor]) -> Batch:
-        """The batch with ``function`` applied to every model-input tensor (labels, index and counts unchanged)."""
+        """The batch with ``function`` applied to every model-input tensor (labels, index and counts unchanged), the
+        teacher's view included."""
+        view = None if self.teacher_view is None else self.teacher_view.map_inputs(function)
         if isinstance(self.inputs, Mapping):
-            return replace(self, inputs={key: function(value) for key, value in self.inputs.items()})
-        return replace(self, inputs=function(self.inputs))
+            return replace(self, inputs={key: function(value) for key, value in self.inputs.items()}, teacher_view=view)
+        return replace(self, inputs=function(self.inputs), teacher_view=view)
 
     def head(self, count: int) -> Batch:
         """The first ``count`` samples (window counts kept: they describe the whole window)."""
@@ -159,7 +205,15 @@ class Batch:
             inputs = {key: first(value) for key, value in self.inputs.items()}
         else:
             inputs = first(self.inputs)
-        return replace(self, inputs=inputs, labels=first(self.labels), index=first(self.index))
+        view = None if self.teacher_view is None else self.teacher_view.head(count)
+        return replace(
+            self,
+            inputs=inputs,
+            labels=first(self.labels),
+            index=first(self.index),
+            span_groups=first(self.span_groups),
+            teacher_view=view,
+        )
 
     def as_tuple(self) -> tuple[Any, ...]:
         """``(inputs, labels, index)`` without the trailing ``None`` items (the loader's tuple form)."""

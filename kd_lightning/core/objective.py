@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_lightning.core.context import context_names, resolve_context
 from kd_lightning.core.taps import LOGITS
 from kd_lightning.core.tokens import IGNORE_INDEX, Targets, as_targets
 from kd_lightning.losses.base import ANY_LAYERS
@@ -143,6 +144,7 @@ class DistillTerm(nn.Module):
                 f"{list(self.student_names)} and teacher {list(self.teacher_names)} for {type(loss).__name__}."
             )
         self.multi_layer = _check_layer_count(loss, student, teacher if teacher is not None else student)
+        self.context_names = context_names(loss)
         self.loss = loss
         self.weight = float(weight)
         self.warmup_epochs = warmup_epochs
@@ -168,7 +170,8 @@ class DistillTerm(nn.Module):
         """Weighted loss; teacher outputs are detached (a target, never trained through this term).
 
         A token-level loss gets the positions its ``positions`` rule selects (``"hidden"`` for hidden-state losses)
-        and their normaliser from the token targets; a classification loss gets the labels.
+        and their normaliser from the token targets; a classification loss gets the labels. A loss that declares
+        ``batch_context`` also gets those keyword arguments (:mod:`kd_lightning.core.context`).
         """
         student_inputs = self.select(student, self.student_names)
         teacher_inputs = self.select(teacher, self.teacher_names)
@@ -179,11 +182,15 @@ class DistillTerm(nn.Module):
         weight = self.weight_at(epoch)
         target = as_targets(target)
         if self.token_kind is None:
-            return weight * self.loss(student_inputs, teacher_inputs, target.labels)
+            extra = resolve_context(self.context_names, target, None)
+            return weight * self.loss(student_inputs, teacher_inputs, target.labels, **extra)
         first = student_inputs[0] if isinstance(student_inputs, tuple) else student_inputs
         tokens = target.for_outputs(first)
         rule = "hidden" if self.token_kind == "hidden" else getattr(self.loss, "positions", "real")
-        value = self.loss(student_inputs, teacher_inputs, tokens.labels, tokens.mask(rule), tokens.num_tokens(rule))
+        extra = resolve_context(self.context_names, tokens, rule)
+        value = self.loss(
+            student_inputs, teacher_inputs, tokens.labels, tokens.mask(rule), tokens.num_tokens(rule), **extra
+        )
         return weight * value
 
     def describe(self) -> str:

@@ -119,6 +119,9 @@ class Targets:
         device: where those all-real masks are made (the outputs' device).
         sequence: whether these are token targets; ``None`` decides from the arguments (labels ``[B, L]``, an
             attention mask or a shape).
+        context: what a loss may ask for per batch beyond the labels (:mod:`kd_lightning.core.context`):
+            ``index`` (the samples' dataset indices), ``dataset_size``, and for token batches ``input_ids``,
+            ``span_groups`` and ``teacher`` (the teacher's own :class:`Targets` of a cross-tokenizer batch).
 
     Example:
         >>> tokens = Targets(torch.tensor([[5, 6, -100]]), torch.tensor([[1, 1, 0]]), causal=True)
@@ -135,6 +138,7 @@ class Targets:
     shape: tuple[int, ...] | None = None
     device: torch.device | None = None
     sequence: bool | None = None
+    context: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -171,7 +175,14 @@ class Targets:
                 f"{tuple(outputs.shape)}; for [B, C] class logits use kd_lightning.losses.KDLoss (or another "
                 f"response loss)."
             )
-        return Targets(self.labels, None, shape=tuple(outputs.shape[:2]), device=outputs.device, sequence=True)
+        return Targets(
+            self.labels,
+            None,
+            shape=tuple(outputs.shape[:2]),
+            device=outputs.device,
+            sequence=True,
+            context=self.context,
+        )
 
     def key(self, rule: str) -> str:
         """The count key of a position rule for this batch (``"auto"`` resolved, the causal shift applied)."""

@@ -123,6 +123,11 @@ class ImageFolderDataset(ReplayableDataset):
     def __len__(self) -> int:
         return len(self.folder)
 
+    @property
+    def targets(self) -> list[int]:
+        """The class of every image (torchvision's ``ImageFolder.targets``): what a loss with per-class state reads."""
+        return list(self.folder.targets)
+
     def view(self, index: int, epoch: int) -> tuple[Tensor, int]:
         image, label = self.folder[index]
         if not self.augment:

@@ -67,6 +67,11 @@ class SyntheticImageDataset(ReplayableDataset):
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def labels(self) -> Tensor:
+        """The label of every sample ``[N]`` (``index % num_classes``): what a loss with per-class state reads."""
+        return torch.arange(self.size) % self.num_classes
+
     def pattern(self, label: int) -> Tensor:
         """The class's mean image ``[C, H, W]`` (standard normal, fixed by ``data_seed`` and the label)."""
         generator = torch.Generator().manual_seed(derive_seed(self.data_seed, _PATTERN_KEY, label))

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from kd_lightning.core.batch import SPAN_GROUPS, TEACHER_PREFIX
 from kd_lightning.core.tokens import IGNORE_INDEX
 from kd_lightning.data.base import SplitDataModule
 from kd_lightning.data.corpus import (
@@ -49,6 +50,7 @@ from kd_lightning.data.corpus import (
 )
 from kd_lightning.data.resumable import derive_seed
 from kd_lightning.data.token_window import TokenWindowLoader
+from kd_lightning.data.two_tokenizers import PairedTokens, encode_pairs, has_offsets
 
 TASKS = ("mlm", "clm", "none")
 
@@ -125,6 +127,9 @@ class TokenDataset(Dataset):
         seed: seed of the masks.
         prompt_length: ``task="clm"``: the first ``prompt_length`` tokens of each sample are its prompt (label
             ``-100``), the rest its completion; ``None``: every token is labelled.
+        paired: the teacher's tokens of the same samples (cross-tokenizer distillation, :func:`encode_pairs`): items
+            also carry ``teacher_input_ids``, ``teacher_labels`` and, with character offsets, ``span_groups`` and
+            ``teacher_span_groups`` (:mod:`kd_lightning.core.batch`); ``sequences`` are then ``paired.student``.
     """
 
     def __init__(
@@ -135,11 +140,15 @@ class TokenDataset(Dataset):
         return_index: bool = False,
         seed: int = 0,
         prompt_length: int | None = None,
+        paired: PairedTokens | None = None,
     ) -> None:
         check_choice(task, TASKS, "task")
         if task == "mlm" and masking is None:
             raise ValueError("expected a Masking for task='mlm' but got masking=None; pass one (TextDataModule does).")
+        if paired is not None and task == "mlm":
+            raise ValueError("expected task 'clm' or 'none' for paired (cross-tokenizer) samples but got task='mlm'.")
         self.sequences, self.task, self.masking = sequences, task, masking
+        self.paired = paired
         self.return_index, self.seed, self.epoch = return_index, seed, 0
         self.prompt_length = prompt_length
         self.augment = task == "mlm"
@@ -170,8 +179,25 @@ class TokenDataset(Dataset):
             item = {"input_ids": input_ids, "labels": labels}
         else:
             item = {"input_ids": input_ids}
+        if self.paired is not None:
+            item |= self._teacher_item(index)
         if self.return_index:
             item["index"] = torch.tensor(index)
+        return item
+
+    def _teacher_item(self, index: int) -> dict[str, Tensor]:
+        """The teacher's side of item ``index``: its tokens, labels (the completion's) and the span groups."""
+        paired = self.paired
+        teacher_ids = paired.teacher[index]
+        item = {f"{TEACHER_PREFIX}input_ids": teacher_ids}
+        if self.task == "clm":
+            labels = teacher_ids.clone()
+            if paired.teacher_prompt is not None:
+                labels[: paired.teacher_prompt[index]] = IGNORE_INDEX
+            item[f"{TEACHER_PREFIX}labels"] = labels
+        if paired.student_groups is not None:
+            item[SPAN_GROUPS] = paired.student_groups[index]
+            item[f"{TEACHER_PREFIX}{SPAN_GROUPS}"] = paired.teacher_groups[index]
         return item
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
@@ -199,9 +225,12 @@ class TokenCollator:
     Right padding. A batch without padding gets no ``attention_mask``: the models and the losses read a missing mask as
     "every token is real", and a Hugging Face model given a mask reads on the host whether it is all ones (to use
     SDPA's causal kernel without a mask), which makes a GPU wait for the step's kernels; without one it does not.
+    The teacher's tokens of a cross-tokenizer batch (keys ``teacher_*``) are padded the same way, with the teacher's
+    pad id; span groups with ``-1``.
 
     Args:
         pad_token_id: the tokenizer's pad id.
+        teacher_pad_token_id: the teacher tokenizer's pad id (cross-tokenizer batches); default ``pad_token_id``.
 
     Example:
         >>> batch = TokenCollator(0)([{"input_ids": torch.tensor([5, 6, 7])}, {"input_ids": torch.tensor([8])}])
@@ -211,19 +240,27 @@ class TokenCollator:
         ['input_ids']
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, teacher_pad_token_id: int | None = None) -> None:
         self.pad_token_id = int(pad_token_id)
+        self.teacher_pad_token_id = self.pad_token_id if teacher_pad_token_id is None else int(teacher_pad_token_id)
 
-    def __call__(self, items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        input_ids = [item["input_ids"] for item in items]
-        batch = {"input_ids": pad_sequence(input_ids, batch_first=True, padding_value=self.pad_token_id)}
+    def _view(self, items: Sequence[Mapping[str, Tensor]], prefix: str, pad_token_id: int) -> dict[str, Tensor]:
+        input_ids = [item[f"{prefix}input_ids"] for item in items]
+        batch = {f"{prefix}input_ids": pad_sequence(input_ids, batch_first=True, padding_value=pad_token_id)}
         lengths = [len(ids) for ids in input_ids]
         if min(lengths) < max(lengths):  # on the host, from the items: no tensor value is read
-            positions = torch.arange(batch["input_ids"].shape[1])
-            batch["attention_mask"] = (positions < torch.tensor(lengths)[:, None]).long()
-        if "labels" in items[0]:
-            labels = [item["labels"] for item in items]
-            batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+            positions = torch.arange(batch[f"{prefix}input_ids"].shape[1])
+            batch[f"{prefix}attention_mask"] = (positions < torch.tensor(lengths)[:, None]).long()
+        for key, fill in (("labels", IGNORE_INDEX), (SPAN_GROUPS, -1)):
+            if f"{prefix}{key}" in items[0]:
+                values = [item[f"{prefix}{key}"] for item in items]
+                batch[f"{prefix}{key}"] = pad_sequence(values, batch_first=True, padding_value=fill)
+        return batch
+
+    def __call__(self, items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        batch = self._view(items, "", self.pad_token_id)
+        if f"{TEACHER_PREFIX}input_ids" in items[0]:
+            batch |= self._view(items, TEACHER_PREFIX, self.teacher_pad_token_id)
         if "index" in items[0]:
             batch["index"] = torch.stack([item["index"] for item in items])
         return batch
@@ -282,10 +319,33 @@ def _check_prompt(prompt_length: int | None, task: str, packing: bool, max_lengt
         )
 
 
-def _check_tokenizer(tokenizer: Any, spec: str, task: str) -> None:
+def _check_teacher_tokenizer(
+    teacher_tokenizer: str | None, teacher_max_length: int | None, task: str, packing: bool
+) -> None:
+    """Raise unless a teacher tokenizer (when given) comes with data both tokenizations can share."""
+    if teacher_max_length is not None and (
+        isinstance(teacher_max_length, bool) or not isinstance(teacher_max_length, int) or teacher_max_length < 1
+    ):
+        raise ValueError(f"expected teacher_max_length None or a positive integer but got {teacher_max_length!r}.")
+    if teacher_tokenizer is None:
+        if teacher_max_length is not None:
+            raise ValueError(
+                f"teacher_max_length={teacher_max_length} is given without a teacher_tokenizer; set teacher_tokenizer "
+                f"(the teacher's own tokenizer, for cross-tokenizer distillation), or remove teacher_max_length."
+            )
+        return
+    if task == "mlm" or packing:
+        what = "task='mlm' (each tokenization would be masked differently)" if task == "mlm" else "packing: true"
+        raise ValueError(
+            f"teacher_tokenizer tokenizes each unit for both models, which needs one unit per sample and the same "
+            f"targets on both sides, but {what}; use task: clm (or none) with packing: false."
+        )
+
+
+def _check_tokenizer(tokenizer: Any, spec: str, task: str, field: str = "tokenizer") -> None:
     if tokenizer.pad_token_id is None:
         raise ValueError(
-            f"tokenizer: expected a tokenizer with a pad token but {spec!r} has none; add one "
+            f"{field}: expected a tokenizer with a pad token but {spec!r} has none; add one "
             f"(tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) and save_pretrained, or set pad_token in its "
             f"tokenizer_config.json to an existing token)."
         )
@@ -336,6 +396,13 @@ class TextDataModule(SplitDataModule):
             each unit are its prompt (label ``-100``: no loss reads them) and the rest, up to ``max_length``, its
             completion; the prompts on-policy distillation continues (:class:`~kd_lightning.OnPolicy`). Units of at
             most ``prompt_length`` tokens are dropped. ``None``: every token is a target.
+        teacher_tokenizer: cross-tokenizer distillation: the teacher's own tokenizer (a local directory, as
+            ``tokenizer``). Each unit is then tokenized by both (:func:`~kd_lightning.data.two_tokenizers.encode_pairs`:
+            both cut to the characters both cover, the aligned character spans numbered when both tokenizers give
+            offsets) and batches also hold ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels`` and
+            the span groups, which a frozen teacher and the cross-tokenizer losses (:class:`~kd_lightning.losses.
+            ULDLoss`, :class:`~kd_lightning.losses.SpanAlignedKLLoss`) read. ``task: clm`` or ``none``, no packing.
+        teacher_max_length: the teacher's tokens per sample at most; ``None``: ``max_length``.
     """
 
     def __init__(
@@ -358,10 +425,13 @@ class TextDataModule(SplitDataModule):
         shuffle_seed: int | None = None,
         return_index: bool = False,
         prompt_length: int | None = None,
+        teacher_tokenizer: str | None = None,
+        teacher_max_length: int | None = None,
     ) -> None:
         super().__init__()
         _check_sources(texts, files, corpus)
         _check_prompt(prompt_length, task, packing, max_length)
+        _check_teacher_tokenizer(teacher_tokenizer, teacher_max_length, task, packing)
         check_choice(task, TASKS, "task")
         check_choice(unit, UNITS, "unit")
         _check_numbers(
@@ -378,7 +448,12 @@ class TextDataModule(SplitDataModule):
         _check_tokenizer(self.tokenizer, tokenizer, task)
         self.num_classes = self.vocab_size = len(self.tokenizer)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
-        self.collator = TokenCollator(self.pad_token_id)
+        self.teacher_tokenizer = None
+        if teacher_tokenizer is not None:
+            self.teacher_tokenizer = load_tokenizer(teacher_tokenizer, field="teacher_tokenizer")
+            _check_tokenizer(self.teacher_tokenizer, teacher_tokenizer, task, field="teacher_tokenizer")
+        teacher_pad = None if self.teacher_tokenizer is None else self.teacher_tokenizer.pad_token_id
+        self.collator = TokenCollator(self.pad_token_id, teacher_pad)
         self.units: dict[str, list[str]] = {}
 
     def _texts(self) -> list[str]:
@@ -421,14 +496,48 @@ class TextDataModule(SplitDataModule):
         masking = self._masking()
         for name, indices in split_indices(len(units), hp.val_fraction, hp.test_fraction, hp.split_seed).items():
             self.units[name] = [units[i] for i in indices]
-            sequences = self._sequences(self.units[name], name)
-            if hp.prompt_length is not None:  # a sample needs a completion token
-                kept = [i for i, ids in enumerate(sequences) if len(ids) > hp.prompt_length]
+            paired = self._paired(self.units[name])
+            sequences = self._sequences(self.units[name], name) if paired is None else paired.student
+            if hp.prompt_length is not None:  # a sample needs a completion token (on both sides)
+                kept = [
+                    i
+                    for i, ids in enumerate(sequences)
+                    if len(ids) > hp.prompt_length
+                    and (paired is None or len(paired.teacher[i]) > paired.teacher_prompt[i])
+                ]
                 self.units[name] = [self.units[name][i] for i in kept]
                 sequences = [sequences[i] for i in kept]
+                paired = None if paired is None else paired.keep(kept)
             self.splits[name] = TokenDataset(
-                sequences, hp.task, masking, hp.return_index, seed=hp.split_seed, prompt_length=hp.prompt_length
+                sequences,
+                hp.task,
+                masking,
+                hp.return_index,
+                seed=hp.split_seed,
+                prompt_length=hp.prompt_length,
+                paired=paired,
             )
+
+    def _paired(self, units: list[str]) -> PairedTokens | None:
+        """Both tokenizations of a split's units (cross-tokenizer data), else ``None``."""
+        if self.teacher_tokenizer is None:
+            return None
+        hp = self.hparams
+        return encode_pairs(
+            units,
+            self.tokenizer,
+            self.teacher_tokenizer,
+            hp.max_length,
+            hp.teacher_max_length or hp.max_length,
+            hp.prompt_length,
+        )
+
+    @property
+    def has_offsets(self) -> bool:
+        """Whether both tokenizers give character offsets (the span alignment of cross-tokenizer data needs them)."""
+        return (
+            self.teacher_tokenizer is not None and has_offsets(self.tokenizer) and has_offsets(self.teacher_tokenizer)
+        )
 
     def train_dataloader(self) -> TokenWindowLoader:
         """Shuffled batches in a seeded order, with the token counts of each batch's accumulation window."""

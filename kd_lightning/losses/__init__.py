@@ -11,6 +11,16 @@ May import: nothing else of the package (the bottom layer).
 
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
 from kd_lightning.losses.base import ANY_LAYERS, DistillationLoss, TokenLoss
+from kd_lightning.losses.crd import CRDLoss, crd_loss, nce_contrast_loss, update_memory_bank
+from kd_lightning.losses.cross_tokenizer import (
+    SpanAlignedKLLoss,
+    ULDLoss,
+    align_spans,
+    shared_vocabulary,
+    span_aligned_kl_loss,
+    uld_loss,
+)
+from kd_lightning.losses.deit import HardDistillationLoss, hard_distillation_loss
 from kd_lightning.losses.embedding import (
     EmbeddingCosineLoss,
     PairwiseCosineLoss,
@@ -18,7 +28,9 @@ from kd_lightning.losses.embedding import (
     pairwise_cosine_loss,
 )
 from kd_lightning.losses.feature import ATLoss, FitNetsLoss, NSTLoss, VIDLoss, at_loss, fitnets_loss, nst_loss, vid_loss
+from kd_lightning.losses.foundation import RADIOLoss, radio_loss
 from kd_lightning.losses.hidden import HiddenCosineLoss, HiddenMSELoss, hidden_cosine_loss, hidden_mse_loss
+from kd_lightning.losses.ofa import OFALoss, ofa_loss
 from kd_lightning.losses.relation import (
     CCLoss,
     FSPLoss,
@@ -47,11 +59,13 @@ from kd_lightning.losses.token import (
     token_cross_entropy,
     total_variation_loss,
 )
+from kd_lightning.losses.vit_adapters import MapToTokens, TokensToMap, map_to_tokens, token_grid, tokens_to_map
 
 __all__ = [
     "ANY_LAYERS",
     "ATLoss",
     "CCLoss",
+    "CRDLoss",
     "DISTLoss",
     "DKDLoss",
     "DistillationLoss",
@@ -60,25 +74,34 @@ __all__ = [
     "FitNetsLoss",
     "ForwardKLLoss",
     "GeneralizedJSDLoss",
+    "HardDistillationLoss",
     "HiddenCosineLoss",
     "HiddenMSELoss",
     "KDLoss",
     "LSKDLoss",
     "LazyAdapter",
+    "MapToTokens",
     "NSTLoss",
+    "OFALoss",
     "PKTLoss",
     "PairwiseCosineLoss",
+    "RADIOLoss",
     "RKDLoss",
     "ReverseKLLoss",
     "SPLoss",
     "SkewKLLoss",
     "SkewReverseKLLoss",
+    "SpanAlignedKLLoss",
     "TVDLoss",
     "TokenLoss",
+    "TokensToMap",
+    "ULDLoss",
     "VIDLoss",
+    "align_spans",
     "at_loss",
     "cc_loss",
     "conv_regressor",
+    "crd_loss",
     "dist_loss",
     "dkd_loss",
     "embedding_cosine_loss",
@@ -86,19 +109,30 @@ __all__ = [
     "forward_kl_loss",
     "fsp_loss",
     "generalized_jsd_loss",
+    "hard_distillation_loss",
     "hidden_cosine_loss",
     "hidden_mse_loss",
     "kd_loss",
     "ls_kd_loss",
+    "map_to_tokens",
+    "nce_contrast_loss",
     "nst_loss",
+    "ofa_loss",
     "pairwise_cosine_loss",
     "pkt_loss",
+    "radio_loss",
     "reverse_kl_loss",
     "rkd_loss",
+    "shared_vocabulary",
     "skew_kl_loss",
     "skew_reverse_kl_loss",
     "sp_loss",
+    "span_aligned_kl_loss",
     "token_cross_entropy",
+    "token_grid",
+    "tokens_to_map",
     "total_variation_loss",
+    "uld_loss",
+    "update_memory_bank",
     "vid_loss",
 ]

@@ -13,8 +13,10 @@
   :func:`shared_vocabulary` pairs the token strings both vocabularies hold, and :func:`span_aligned_kl_loss` compares
   each group's distributions on the shared tokens by KL, plus, optionally, ULD on the rest (GOLD's hybrid loss).
 
-These are the losses only: no datamodule yet tokenizes a batch for both models, so they are imported from this module
-(``kd_lightning.losses.cross_tokenizer``) and not yet part of ``kd_lightning.losses``' public names.
+In a Lightning run, ``TextDataModule(teacher_tokenizer=...)`` tokenizes each text for both models and keeps the
+aligned spans (:mod:`kd_lightning.data.two_tokenizers`), a frozen teacher runs on its own tokens, and the modules pass
+the teacher's positions and the spans to :class:`ULDLoss` and :class:`SpanAlignedKLLoss` (their ``batch_context``,
+:mod:`kd_lightning.core.context`).
 
 Every function treats the teacher as a constant target (it is detached), computes in float32 and returns a float32
 scalar: the sum of the per-position (per-group) loss divided by ``num_tokens`` (by default the number of selected
@@ -34,7 +36,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from kd_lightning.losses._checks import check_non_negative, check_positive, token_normaliser
-from kd_lightning.losses.base import DistillationLoss, TokenLoss
+from kd_lightning.losses.base import TokenLoss
 from kd_lightning.losses.token import _check_chunk_size, _row_mask
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "SpanGroup",
     "ULDLoss",
     "align_spans",
+    "groups_from_ids",
+    "pair_positions",
     "shared_vocabulary",
     "span_aligned_kl_loss",
     "uld_loss",
@@ -122,12 +126,21 @@ def _sorted_l1(first: Tensor, second: Tensor) -> Tensor:
     return (first - second).abs().sum(-1)
 
 
-def _uld_chunk(student: Tensor, teacher: Tensor, keep: Tensor | None, temperature: float, top_k: int | None) -> Tensor:
+def _teacher_sorted(teacher: Tensor, keep: Tensor | None, temperature: float, top_k: int | None) -> Tensor:
+    """The teacher's sorted probabilities of one chunk (a constant: sorted once, outside the student's graph)."""
+    with torch.no_grad():
+        if keep is not None:
+            teacher = torch.where(keep[:, None], teacher, 0.0)
+        return _sorted_probs(teacher, temperature, top_k)
+
+
+def _uld_chunk(
+    student: Tensor, teacher_sorted: Tensor, keep: Tensor | None, temperature: float, top_k: int | None
+) -> Tensor:
     """The sum of one chunk's per-position ULD; rows outside ``keep`` are zeros before the maths and count 0."""
     if keep is not None:
         student = torch.where(keep[:, None], student, 0.0)
-        teacher = torch.where(keep[:, None], teacher, 0.0)
-    per_row = _sorted_l1(_sorted_probs(student, temperature, top_k), _sorted_probs(teacher, temperature, top_k))
+    per_row = _sorted_l1(_sorted_probs(student, temperature, top_k), teacher_sorted)
     if keep is not None:
         per_row = torch.where(keep, per_row, 0.0)
     return per_row.sum()
@@ -207,8 +220,9 @@ def uld_loss(
     checkpointed = chunked and torch.is_grad_enabled() and first.requires_grad
     total = first[:0].float().sum()  # 0, still in the graph (its gradient is 0)
     for begin in range(0, rows, max(step, 1)):
-        piece, rest = first[begin : begin + step], second[begin : begin + step]
+        piece = first[begin : begin + step]
         kept = None if keep is None else keep[begin : begin + step]
+        rest = _teacher_sorted(second[begin : begin + step], kept, temperature, top_k)
         if checkpointed:
             part = checkpoint(
                 _uld_chunk, piece, rest, kept, temperature, top_k, use_reentrant=False, preserve_rng_state=False
@@ -599,6 +613,56 @@ def span_aligned_kl_loss(
     return total / token_normaliser(num_tokens, len(s_base), total, name)
 
 
+# ---------------------------------------------------------------- pairing positions of two tokenizations
+
+
+def pair_positions(student_mask: Tensor, teacher_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``l``-th selected student position paired with the ``l``-th selected teacher position, per sequence.
+
+    The ULD reference's rule for two tokenizations of one text: the answer (completion) tokens of each side, in order,
+    cut to the shorter side. Returns ``(student_index, teacher_index, keep)``, each ``[B, P]`` with ``P`` the largest
+    number of pairs of a sequence: the positions to gather along ``L`` and which pairs are real.
+
+    Example:
+        >>> s, t, keep = pair_positions(torch.tensor([[False, True, True, True]]), torch.tensor([[True, True, False]]))
+        >>> s.tolist(), t.tolist(), keep.tolist()
+        ([[1, 2]], [[0, 1]], [[True, True]])
+    """
+    counts = torch.minimum(student_mask.sum(1), teacher_mask.sum(1))
+    pairs = int(counts.max()) if counts.numel() else 0
+    # the selected positions first, in order (a stable sort of "not selected")
+    s_order = torch.sort((~student_mask).to(torch.int8), dim=1, stable=True).indices[:, :pairs]
+    t_order = torch.sort((~teacher_mask).to(torch.int8), dim=1, stable=True).indices[:, :pairs]
+    keep = torch.arange(pairs, device=student_mask.device)[None, :] < counts[:, None]
+    return s_order, t_order, keep
+
+
+def _gather_rows(logits: Tensor, index: Tensor) -> Tensor:
+    return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+
+
+def groups_from_ids(student_groups: Tensor, teacher_groups: Tensor) -> list[list[tuple[list[int], list[int]]]]:
+    """The span groups of a batch from its group numbers per row (``-1``: none; :mod:`kd_lightning.core.context`):
+    one list per sequence of ``(student rows, teacher rows)``, the groups numbered on both sides, in order.
+
+    Example:
+        >>> groups_from_ids(torch.tensor([[-1, 0, 0, 1]]), torch.tensor([[0, 1, -1]]))
+        [[([1, 2], [0]), ([3], [1])]]
+    """
+    batch: list[list[tuple[list[int], list[int]]]] = []
+    for s_row, t_row in zip(student_groups.tolist(), teacher_groups.tolist(), strict=True):
+        s_members: dict[int, list[int]] = {}
+        t_members: dict[int, list[int]] = {}
+        for row, group in enumerate(s_row):
+            if group >= 0:
+                s_members.setdefault(group, []).append(row)
+        for row, group in enumerate(t_row):
+            if group >= 0:
+                t_members.setdefault(group, []).append(row)
+        batch.append([(s_members[g], t_members[g]) for g in sorted(s_members) if g in t_members])
+    return batch
+
+
 # ---------------------------------------------------------------- modules
 
 
@@ -606,8 +670,16 @@ class ULDLoss(TokenLoss):
     """Module form of :func:`uld_loss`: the L1 distance of the sorted distributions of two vocabularies, per token.
 
     Boizard et al. 2024 (the reference code's weight: ``distil_factor = 1.5`` beside the cross-entropy's 1).
-    ``student`` ``[B, L, V_s]`` and ``teacher`` ``[B, L, V_t]`` must already be aligned position by position (the
-    ``l``-th target token of each tokenization at ``[b, l]``).
+
+    Two ways to pair positions:
+
+    * one tokenization (``teacher_mask=None``): ``student`` ``[B, L, V_s]`` and ``teacher`` ``[B, L, V_t]`` are
+      aligned position by position, ``mask`` selects the positions;
+    * two tokenizations of the same texts (``TextDataModule(teacher_tokenizer=...)``; the Lightning modules pass the
+      teacher's selected positions as ``teacher_mask`` ``[B, L_t]``): the ``l``-th selected student position is
+      paired with the ``l``-th selected teacher position, cut to the shorter side (the reference's rule,
+      :func:`pair_positions`). ``num_tokens`` is then the student's token count, so the loss is a sum over pairs per
+      student token of the effective batch.
 
     Args:
         temperature: softmax temperature ``T > 0`` (the reference: 1).
@@ -623,6 +695,8 @@ class ULDLoss(TokenLoss):
     """
 
     token_kind = "logits"
+    cross_tokenizer = True
+    batch_context = ("teacher_mask",)
 
     def __init__(
         self,
@@ -645,8 +719,26 @@ class ULDLoss(TokenLoss):
         target: Tensor | None = None,
         mask: Tensor | None = None,
         num_tokens: Tensor | float | None = None,
+        teacher_mask: Tensor | None = None,
     ) -> Tensor:
-        """The loss of logits ``[B, L, V_s]`` / ``[B, L, V_t]`` over ``mask`` ``[B, L]`` (``target``: unused)."""
+        """The loss of logits ``[B, L_s, V_s]`` / ``[B, L_t, V_t]`` over ``mask`` ``[B, L_s]`` (and ``teacher_mask``
+        ``[B, L_t]`` for two tokenizations; ``target``: unused)."""
+        if teacher_mask is not None:
+            _check_logits(student, "ULDLoss", "student")
+            _check_logits(teacher, "ULDLoss", "teacher")
+            flat = _row_mask(mask, student.shape[:2], student.device, "ULDLoss")
+            if flat is None:
+                student_mask = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
+            else:
+                student_mask = flat.view(student.shape[:2])
+            if teacher_mask.shape != teacher.shape[:2]:
+                raise ValueError(
+                    f"ULDLoss expected a teacher_mask of shape [B, L_t] = {tuple(teacher.shape[:2])} but got "
+                    f"{tuple(teacher_mask.shape)}; pass one boolean per position of the teacher's logits."
+                )
+            s_index, t_index, mask = pair_positions(student_mask, teacher_mask.to(student.device).bool())
+            student = _gather_rows(student, s_index)
+            teacher = _gather_rows(teacher.detach().to(student.device), t_index)
         return uld_loss(
             student,
             teacher,
@@ -664,20 +756,30 @@ class ULDLoss(TokenLoss):
         )
 
 
-class SpanAlignedKLLoss(DistillationLoss):
+class SpanAlignedKLLoss(TokenLoss):
     """Module form of :func:`span_aligned_kl_loss` (GOLD's span alignment and shared vocabulary, TRL).
 
-    Holds the shared vocabulary (buffers, not saved in the state dict: rebuild it from the tokenizers with
-    :meth:`from_vocabularies`) and the hyperparameters. ``forward(student, teacher, target=None, groups=...,
-    student_tokens=None, teacher_tokens=None, num_tokens=None)``: logits ``[B, L_s, V_s]`` and ``[B, L_t, V_t]`` and
-    one list of :func:`align_spans` groups per sequence.
+    Holds the shared vocabulary (buffers, not saved in the state dict) and the hyperparameters. The shared vocabulary
+    is given (``student_shared`` / ``teacher_shared``, or :meth:`from_vocabularies`) or, when both are ``None``, bound
+    by the Lightning modules before the first step from the datamodule's two tokenizers (:meth:`bind_vocabularies`).
+
+    ``forward(student, teacher, target=None, mask=None, num_tokens=None, ...)`` with logits ``[B, L_s, V_s]`` and
+    ``[B, L_t, V_t]`` and the groups, either as ``groups=`` (one list of :func:`align_spans` groups per sequence) or as
+    the group number of each row of each side (``student_groups`` ``[B, L_s]``, ``teacher_groups`` ``[B, L_t]``,
+    ``-1``: none), which the Lightning modules pass for a batch of ``TextDataModule(teacher_tokenizer=...)``
+    (:mod:`kd_lightning.core.context`: spans whose every row the ``positions`` rule selects on both sides); the rows'
+    tokens as ``student_tokens`` / ``teacher_tokens``. ``num_tokens`` is the student's token count there (a sum over
+    spans per student token of the effective batch). The group numbers are read on the host (``tolist``) once per
+    step.
 
     Args:
-        student_shared: ``[S]`` student ids of the shared tokens (:func:`shared_vocabulary`).
-        teacher_shared: ``[S]`` teacher ids of the same tokens.
+        student_shared: ``[S]`` student ids of the shared tokens (:func:`shared_vocabulary`), or ``None``.
+        teacher_shared: ``[S]`` teacher ids of the same tokens, or ``None``.
         temperature: softmax temperature ``T > 0``.
         uld_weight: weight ``>= 0`` of the ULD term on the unshared entries (GOLD's hybrid); 0: KL only.
         merge: ``"last"`` (default, TRL's ``"bayesian"``) or ``"first"`` (TRL's ``"observed"``).
+        positions: the token positions the Lightning objective reads: ``"labelled"`` (default, the completion),
+            ``"real"`` or ``"auto"``.
 
     Example:
         >>> loss = SpanAlignedKLLoss.from_vocabularies({"a": 0, "b": 1, "c": 2}, {"b": 0, "a": 1})
@@ -686,31 +788,60 @@ class SpanAlignedKLLoss(DistillationLoss):
         torch.Size([])
     """
 
+    token_kind = "logits"
+    cross_tokenizer = True
+    batch_context = ("student_groups", "teacher_groups", "student_tokens", "teacher_tokens")
+
     def __init__(
         self,
-        student_shared: Tensor,
-        teacher_shared: Tensor,
+        student_shared: Tensor | Sequence[int] | None = None,
+        teacher_shared: Tensor | Sequence[int] | None = None,
         temperature: float = 1.0,
         uld_weight: float = 0.0,
         merge: str = "last",
+        positions: str = "labelled",
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
         check_non_negative("uld_weight", uld_weight)
         _check_merge(merge)
-        self.register_buffer("student_shared", torch.as_tensor(student_shared, dtype=torch.long), persistent=False)
-        self.register_buffer("teacher_shared", torch.as_tensor(teacher_shared, dtype=torch.long), persistent=False)
-        if (
-            self.student_shared.ndim != 1
-            or self.student_shared.numel() == 0
-            or self.student_shared.shape != (self.teacher_shared.shape)
-        ):
+        _check_positions(positions)
+        self.temperature, self.uld_weight, self.merge, self.positions = temperature, uld_weight, merge, positions
+        self.register_buffer("student_shared", None, persistent=False)
+        self.register_buffer("teacher_shared", None, persistent=False)
+        if (student_shared is None) != (teacher_shared is None):
+            raise ValueError(
+                f"{type(self).__name__} expected both student_shared and teacher_shared, or neither (bound from the "
+                f"datamodule's two tokenizers), but got only one; pass the pair shared_vocabulary returns."
+            )
+        if student_shared is not None:
+            self._set_shared(torch.as_tensor(student_shared, dtype=torch.long), torch.as_tensor(teacher_shared))
+
+    def _set_shared(self, student_shared: Tensor, teacher_shared: Tensor) -> None:
+        student_shared, teacher_shared = student_shared.long(), teacher_shared.long()
+        if student_shared.ndim != 1 or student_shared.numel() == 0 or student_shared.shape != teacher_shared.shape:
             raise ValueError(
                 f"{type(self).__name__} expected non-empty 1-d student and teacher ids of the shared vocabulary of one "
-                f"length but got shapes {tuple(self.student_shared.shape)} and {tuple(self.teacher_shared.shape)}; "
-                f"pass the pair shared_vocabulary returns."
+                f"length but got shapes {tuple(student_shared.shape)} and {tuple(teacher_shared.shape)}; pass the "
+                f"pair shared_vocabulary returns."
             )
-        self.temperature, self.uld_weight, self.merge = temperature, uld_weight, merge
+        self.student_shared, self.teacher_shared = student_shared, teacher_shared
+
+    @property
+    def is_bound(self) -> bool:
+        """Whether the shared vocabulary is known."""
+        return self.student_shared is not None
+
+    def bind_vocabularies(self, student_vocab: Mapping[str, int], teacher_vocab: Mapping[str, int]) -> None:
+        """Set the shared vocabulary from the two tokenizers' ``get_vocab()`` (:func:`shared_vocabulary`)."""
+        device = None if self.student_shared is None else self.student_shared.device
+        student_ids, teacher_ids = shared_vocabulary(student_vocab, teacher_vocab)
+        if student_ids.numel() == 0:
+            raise ValueError(
+                f"{type(self).__name__} compares the tokens both vocabularies hold, but the student's and the "
+                f"teacher's tokenizers share no token string; use kd_lightning.losses.ULDLoss, which needs none."
+            )
+        self._set_shared(student_ids.to(device), teacher_ids.to(device))
 
     @classmethod
     def from_vocabularies(
@@ -724,16 +855,31 @@ class SpanAlignedKLLoss(DistillationLoss):
         student: Tensor,
         teacher: Tensor,
         target: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
         groups: Sequence[Sequence[SpanGroup | Sequence[Sequence[int]]]] | None = None,
         student_tokens: Tensor | None = None,
         teacher_tokens: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
+        student_groups: Tensor | None = None,
+        teacher_groups: Tensor | None = None,
     ) -> Tensor:
-        """The loss of logits ``[B, L_s, V_s]`` and ``[B, L_t, V_t]`` over ``groups`` (``target``: unused)."""
-        if groups is None:
+        """The loss of logits ``[B, L_s, V_s]`` and ``[B, L_t, V_t]`` over the groups (``target``, ``mask``: unused;
+        the groups already hold only the selected rows)."""
+        name = type(self).__name__
+        if not self.is_bound:
             raise ValueError(
-                f"{type(self).__name__} needs groups=, one list of align_spans groups per sequence of the batch."
+                f"{name} has no shared vocabulary: pass student_shared/teacher_shared (shared_vocabulary of the two "
+                f"tokenizers), or train with data that tokenizes for both models (TextDataModule teacher_tokenizer), "
+                f"whose tokenizers the Lightning modules bind before the first step."
             )
+        if groups is None:
+            if student_groups is None or teacher_groups is None:
+                raise ValueError(
+                    f"{name} needs the aligned character spans of the two tokenizations: groups= (one list of "
+                    f"align_spans groups per sequence), or data that tokenizes each text for both models with "
+                    f"character offsets (TextDataModule teacher_tokenizer, both tokenizers fast: a tokenizer.json)."
+                )
+            groups = groups_from_ids(student_groups, teacher_groups)
         return span_aligned_kl_loss(
             student,
             teacher,
@@ -749,7 +895,8 @@ class SpanAlignedKLLoss(DistillationLoss):
         )
 
     def extra_repr(self) -> str:
+        shared = None if self.student_shared is None else self.student_shared.numel()
         return (
-            f"shared={self.student_shared.numel()}, temperature={self.temperature}, uld_weight={self.uld_weight}, "
-            f"merge={self.merge!r}"
+            f"shared={shared}, temperature={self.temperature}, uld_weight={self.uld_weight}, "
+            f"merge={self.merge!r}, positions={self.positions!r}"
         )

@@ -4,7 +4,9 @@ FitNets and VID regress the student's map onto the teacher's with a trainable ad
 :class:`~kd_lightning.losses.adapters.LazyAdapter`, built from the first batch, trained, saved in checkpoints). AT and
 NST compare channel-free summaries of the maps (spatial attention, channel-kernel statistics), so the channel counts
 may differ without an adapter. Where the spatial sizes differ, AT, NST and VID average-pool the larger map to the
-smaller size first, as HobbitLong/RepDistiller and megvii-research/mdistiller do.
+smaller size first, as HobbitLong/RepDistiller and megvii-research/mdistiller do. Between a ViT's tokens
+``[B, P + h*w, D]`` and a CNN's maps, FitNetsLoss takes the adapters of :mod:`kd_lightning.losses.vit_adapters`
+(``adapter: tokens_to_map`` or ``map_to_tokens``); the other losses name them when given such a pair.
 
 Every loss compares ONE layer pair (a ``DistillTerm`` per pair; RepDistiller sums one such loss per pair), treats the
 teacher as a constant target (it is detached), computes in float32 and returns an unweighted scalar; the weight
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +35,25 @@ from kd_lightning.losses._checks import (
 )
 from kd_lightning.losses.adapters import LazyAdapter, conv_regressor
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.vit_adapters import map_to_tokens, token_map_hint, tokens_to_map
 
 __all__ = ["ATLoss", "FitNetsLoss", "NSTLoss", "VIDLoss", "at_loss", "fitnets_loss", "nst_loss", "vid_loss"]
 
 
 def _check_pair(student: Tensor, teacher: Tensor, loss: str, ndims: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Validate student/teacher features of one batch and one kind; return them float32, the teacher detached."""
+    """Validate student/teacher features of one batch and one kind; return them float32, the teacher detached.
+
+    A ViT's tokens ``[B, N, D]`` against a CNN's map ``[B, C, H, W]`` is an error naming the adapter that converts
+    them (:func:`~kd_lightning.losses.vit_adapters.token_map_hint`)."""
+    hint = token_map_hint(student, teacher, loss)
+    if hint is not None:
+        raise ValueError(hint)
+    if student.ndim == teacher.ndim == 3:
+        raise ValueError(
+            f"{loss} compares feature maps [B, C, H, W] (or vectors [B, D]) but got token sequences [B, N, D] on both "
+            f"sides: {tuple(student.shape)} (student) and {tuple(teacher.shape)} (teacher); between two ViTs use "
+            f"loss: {{class_path: kd_lightning.losses.RADIOLoss}} (summary and patch tokens through MLP heads)."
+        )
     check_ndim(student, ndims, loss, "student")
     check_ndim(teacher, ndims, loss, "teacher")
     check_same_batch(student, teacher)
@@ -83,6 +99,10 @@ def fitnets_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.mse_loss(student, teacher)
 
 
+TOKEN_ADAPTERS = {"tokens_to_map": tokens_to_map, "map_to_tokens": map_to_tokens}
+"""FitNetsLoss's adapters between a ViT's tokens and a CNN's map (:mod:`kd_lightning.losses.vit_adapters`)."""
+
+
 class FitNetsLoss(DistillationLoss):
     """Module form of :func:`fitnets_loss` with a trainable regressor; use with weight 100 (RepDistiller scale).
 
@@ -93,7 +113,14 @@ class FitNetsLoss(DistillationLoss):
             It is a 1x1 conv + BN (average-pooled or upsampled to the teacher's ``H x W``), or a linear layer for
             ``[B, D]`` vectors. RepDistiller's ``ConvReg`` uses a strided/transposed/valid conv for the resize and a
             final ReLU; the ReLU is left out here so that pre-activation teacher features can be matched too.
-            With ``adapter=False`` student and teacher shapes must be equal.
+            With ``adapter=False`` student and teacher shapes must be equal. Between a ViT and a CNN:
+            ``"tokens_to_map"`` (student tokens ``[B, P + h*w, D]`` -> the teacher's map ``[B, C, H, W]``,
+            :func:`~kd_lightning.losses.vit_adapters.tokens_to_map`) or ``"map_to_tokens"`` (student map -> the
+            teacher's patch tokens ``[B, h*w, D]``, :func:`~kd_lightning.losses.vit_adapters.map_to_tokens`; the
+            teacher's class/distillation tokens are not matched). In YAML:
+            ``loss: {class_path: kd_lightning.losses.FitNetsLoss, init_args: {adapter: tokens_to_map}}``.
+        prefix_tokens: the ViT side's prefix tokens (class, distillation, registers) for the token adapters; ``None``
+            detects 0, 1 or 2 from the token count and the map's aspect ratio.
 
     Example:
         >>> loss = FitNetsLoss()
@@ -101,22 +128,61 @@ class FitNetsLoss(DistillationLoss):
         torch.Size([])
         >>> [type(layer).__name__ for layer in loss.regressor.net]
         ['Conv2d', 'BatchNorm2d', 'AdaptiveAvgPool2d']
+        >>> loss = FitNetsLoss(adapter="tokens_to_map")  # ViT-Ti tokens (class token + 4 x 4) -> a CIFAR ResNet map
+        >>> loss(torch.randn(2, 17, 192), torch.randn(2, 64, 8, 8)).shape
+        torch.Size([])
     """
 
-    def __init__(self, adapter: bool = True) -> None:
+    def __init__(
+        self, adapter: bool | Literal["tokens_to_map", "map_to_tokens"] = True, prefix_tokens: int | None = None
+    ) -> None:
         super().__init__()
-        self.adapter = adapter
-        self.regressor = LazyAdapter(conv_regressor) if adapter else None
+        if not isinstance(adapter, bool) and adapter not in TOKEN_ADAPTERS:
+            raise ValueError(
+                f"expected adapter to be true, false, {' or '.join(TOKEN_ADAPTERS)} but got adapter={adapter!r}."
+            )
+        if prefix_tokens is not None and (isinstance(prefix_tokens, bool) or not prefix_tokens >= 0):
+            raise ValueError(f"expected prefix_tokens >= 0 (or None) but got prefix_tokens={prefix_tokens!r}.")
+        self.adapter, self.prefix_tokens = adapter, prefix_tokens
+        if adapter in TOKEN_ADAPTERS:
+            self.regressor = LazyAdapter(partial(TOKEN_ADAPTERS[adapter], prefix_tokens=prefix_tokens))
+        else:
+            self.regressor = LazyAdapter(conv_regressor) if adapter else None
 
     def forward(self, student: Tensor, teacher: Tensor, target: Tensor | None = None) -> Tensor:
         """Regress the student (building the regressor on the first call) and return the hint loss."""
+        if self.adapter in TOKEN_ADAPTERS:
+            return self._token_hint(student, teacher)
         if self.regressor is not None:
             student, _ = _check_pair(student, teacher, "fitnets_loss", (2, 4))
             student = self.regressor(student, teacher)
         return fitnets_loss(student, teacher)
 
+    def _token_hint(self, student: Tensor, teacher: Tensor) -> Tensor:
+        kinds = (3, 4) if self.adapter == "tokens_to_map" else (4, 3)
+        check_same_batch(student, teacher)
+        if (student.ndim, teacher.ndim) != kinds:
+            names = {3: "tokens [B, N, D]", 4: "a map [B, C, H, W]"}
+            other = {(4, 4): "true", (3, 4): "tokens_to_map", (4, 3): "map_to_tokens"}
+            pair = (student.ndim, teacher.ndim)
+            fix = (
+                f"use adapter: {other[pair]}"
+                if pair in other
+                else "tap a ViT block on one side, a CNN stage on the other"
+            )
+            raise ValueError(
+                f"FitNetsLoss(adapter={self.adapter!r}) expected student {names[kinds[0]]} and teacher "
+                f"{names[kinds[1]]} but got shapes {tuple(student.shape)} (student) and {tuple(teacher.shape)} "
+                f"(teacher); {fix}."
+            )
+        student, teacher = student.float(), teacher.detach().float()
+        student = self.regressor(student, teacher)
+        if self.adapter == "map_to_tokens":
+            teacher = self.regressor.net.patch_tokens(teacher)
+        return F.mse_loss(student, teacher)
+
     def extra_repr(self) -> str:
-        return f"adapter={self.adapter}"
+        return f"adapter={self.adapter!r}, prefix_tokens={self.prefix_tokens}"
 
 
 def _attention_map(feature: Tensor, p: float) -> Tensor:

@@ -29,6 +29,7 @@ from kd_lightning.models.cifar import (
     wrn_40_1,
     wrn_40_2,
 )
+from kd_lightning.models.deit import DISTILLATION_HEAD, DistilledViT, cifar_deit_tiny, deit_student
 from kd_lightning.models.digits import DigitsCNN, DigitsMLP, TinyCNN
 from kd_lightning.models.hub import timm_model, torchvision_model
 from kd_lightning.models.quantized import (
@@ -43,15 +44,19 @@ from kd_lightning.models.text import maximally_spaced_layers, model_from_config,
 
 __all__ = [
     "CIFAR_NETWORKS",
+    "DISTILLATION_HEAD",
     "DigitsCNN",
     "DigitsMLP",
+    "DistilledViT",
     "MobileNetV2",
     "QuantizedNetwork",
     "ResNet50",
     "ShuffleV1",
     "ShuffleV2",
     "TinyCNN",
+    "cifar_deit_tiny",
     "convert_quantized",
+    "deit_student",
     "int8_runtime",
     "maximally_spaced_layers",
     "model_from_config",

@@ -63,13 +63,15 @@ def check_classes(module: Any, student: dict[str, Tensor], teacher: dict[str, Te
             )
         return
     student_classes, num_classes = student[LOGITS].shape[-1], module.num_classes
-    if teacher is not None and teacher[LOGITS].shape[-1] != student_classes:
+    if teacher is not None and teacher[LOGITS].shape[-1] != student_classes and not _across_vocabularies(module):
         if kind == _evaluation.TOKENS:
             raise ValueError(
                 f"teacher and student must share a vocabulary but the teacher predicts "
                 f"{teacher[LOGITS].shape[-1]} tokens and the student {student_classes}; build the student for the "
                 f"teacher's tokenizer: kd_lightning.models.text.student_from_teacher, or model_from_config with "
-                f"vocab_size: {teacher[LOGITS].shape[-1]}."
+                f"vocab_size: {teacher[LOGITS].shape[-1]}; or distil across tokenizers: give the data the teacher's "
+                f"tokenizer (data.init_args.teacher_tokenizer) and compare with kd_lightning.losses.ULDLoss or "
+                f"SpanAlignedKLLoss."
             )
         raise ValueError(
             f"teacher and student must predict the same classes but the teacher has "
@@ -89,6 +91,16 @@ def check_classes(module: Any, student: dict[str, Tensor], teacher: dict[str, Te
             f"expected the student to output num_classes={num_classes} logits but it has "
             f"{student_classes}; set num_classes={num_classes} in the student's init_args."
         )
+
+
+def _across_vocabularies(module: Any) -> bool:
+    """Whether the data tokenizes each text for both models and every term that reads the teacher's logits compares
+    distributions over two vocabularies (``cross_tokenizer = True``), so teacher and student may predict different
+    token sets."""
+    if not getattr(module, "_two_tokenizations", False):  # one tokenization feeds both: one vocabulary
+        return False
+    readers = [term for _, term in _terms(module) if LOGITS in term.teacher_names]
+    return bool(readers) and all(getattr(term.loss, "cross_tokenizer", False) for term in readers)
 
 
 def check_agreement(module: Any, student: Mapping[str, Tensor]) -> None:
@@ -324,10 +336,12 @@ def check_tokenizer(module: Any) -> None:
     tokenizer is another one (another size, or the same tokens under other ids): every id would mean another token
     to the network, although every id may fit its embedding."""
     datamodule = _datamodule(module)
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    if tokenizer is None or not callable(getattr(tokenizer, "get_vocab", None)):
-        return
     for name, network in module.networks().items():
+        tokenizer, field = getattr(datamodule, "tokenizer", None), "tokenizer"
+        if name.startswith("teacher") and getattr(datamodule, "teacher_tokenizer", None) is not None:
+            tokenizer, field = datamodule.teacher_tokenizer, "teacher_tokenizer"  # cross-tokenizer data
+        if tokenizer is None or not callable(getattr(tokenizer, "get_vocab", None)):
+            continue
         directory = shipped_tokenizer_directory(network)
         shipped = shipped_tokenizer(directory) if directory is not None else None
         if shipped is None:
@@ -340,7 +354,7 @@ def check_tokenizer(module: Any) -> None:
             f"the data is tokenized by {given!r} ({type(tokenizer).__name__}) but the {name} "
             f"({type(network).__name__}) comes from {directory!r}, which ships the tokenizer it was trained with "
             f"({type(shipped).__name__}), another one: {difference}. Every token id would mean another token to the "
-            f"{name}, even where every id fits its embedding; set data.init_args.tokenizer: {directory!r}, the "
+            f"{name}, even where every id fits its embedding; set data.init_args.{field}: {directory!r}, the "
             f"model's own."
         )
 
@@ -380,11 +394,15 @@ def check_max_length(module: Any) -> None:
     length = hparams.get("max_length") if isinstance(hparams, Mapping) else getattr(datamodule, "max_length", None)
     if isinstance(length, bool) or not isinstance(length, int):
         return
+    two = getattr(datamodule, "teacher_tokenizer", None) is not None
     for name, network in module.networks().items():
+        field, most = "max_length", length
+        if two and name.startswith("teacher"):  # the teacher reads its own tokens
+            field, most = "teacher_max_length", hparams.get("teacher_max_length") or length
         limit = position_limit(network)
-        if limit is not None and length > limit[0]:
-            what = f"the datamodule's max_length={length} allows sequences of {length} tokens"
-            raise positions_error(length, what, name, network, limit)
+        if limit is not None and most > limit[0]:
+            what = f"the datamodule's {field}={most} allows sequences of {most} tokens"
+            raise positions_error(most, what, name, network, limit)
 
 
 # ----------------------------------------------------------------- networks, taps and the optimizer

@@ -56,6 +56,7 @@ def stage_metrics(num_classes: int) -> nn.ModuleDict:
             "token_agreement": MeanMetric(),
             "token_kl": MeanMetric(),
             "ppl": Perplexity(),
+            "teacher_ppl": Perplexity(),
             "cosine": MeanMetric(),
         }
     )
@@ -75,8 +76,8 @@ def class_updates(logits: Tensor, teacher: Tensor | None, labels: Tensor | None)
 
 
 def token_updates(logits: Tensor, teacher: Tensor | None, tokens: Targets) -> Updates:
-    """Metric updates for logits ``[B, L, V]``: accuracy and perplexity on the labelled tokens, agreement and KL per
-    real token (positions aligned with the logits, see :mod:`kd_lightning.core.tokens`)."""
+    """Metric updates for logits ``[B, L, V]``: accuracy and perplexity on the labelled tokens (the teacher's too),
+    agreement and KL per real token (positions aligned with the logits, see :mod:`kd_lightning.core.tokens`)."""
     updates: Updates = {}
     prediction = logits.argmax(dim=-1)
     if tokens.labels is not None:
@@ -87,7 +88,12 @@ def token_updates(logits: Tensor, teacher: Tensor | None, tokens: Targets) -> Up
             nll = F.cross_entropy(logits[labelled].float(), target, reduction="none")
             updates["ppl"] = ("ppl", (nll,))
             if teacher is not None:
-                updates["teacher_acc"] = ("token_teacher_acc", ((teacher[labelled].argmax(-1) == target).float(),))
+                teacher_rows = teacher[labelled]
+                updates["teacher_acc"] = ("token_teacher_acc", ((teacher_rows.argmax(-1) == target).float(),))
+                updates["teacher_ppl"] = (
+                    "teacher_ppl",
+                    (F.cross_entropy(teacher_rows.float(), target, reduction="none"),),
+                )
     real = tokens.mask("real")
     if teacher is not None and bool(real.any()):
         student_rows, teacher_rows = logits[real].float(), teacher[real].float()

@@ -168,11 +168,50 @@ def check_inputs_fit(batch: Batch, networks: Mapping[str, nn.Module], num_classe
     token ids beyond an input embedding (a model built for another tokenizer), sequences longer than the position
     embeddings, images with other channels (or pixels) than the first layer takes, masked-LM labels for a causal LM
     (or the reverse). Each message names the network, both sizes or kinds and the fix, instead of an error deep
-    inside the model, or a run that trains the wrong thing."""
+    inside the model, or a run that trains the wrong thing.
+
+    A cross-tokenizer batch (:attr:`~kd_lightning.core.batch.Batch.teacher_view`) is checked view by view: the
+    teacher's networks against the teacher's tokens."""
+    if batch.teacher_view is not None:
+        theirs = {name: network for name, network in networks.items() if name.startswith("teacher")}
+        ours = {name: network for name, network in networks.items() if name not in theirs}
+        check_inputs_fit(batch.teacher_view, theirs, _vocabulary_size(theirs, num_classes))
+        networks = ours
     check_token_ids(batch, networks, num_classes)
     check_positions(batch, networks)
     check_channels(batch, networks)
     check_data_task(batch, networks)
+
+
+def _vocabulary_size(networks: Mapping[str, nn.Module], default: int) -> int:
+    """The output size of the first network with an output embedding (the teacher's vocabulary), else ``default``."""
+    for network in networks.values():
+        embeddings = getattr(network, "get_output_embeddings", None)
+        table = embeddings() if callable(embeddings) else None
+        size = getattr(table, "out_features", None) or getattr(table, "num_embeddings", None)
+        if size is not None:
+            return int(size)
+    return default
+
+
+def dataset_context(loader: Any) -> dict[str, Any]:
+    """What a loss with per-sample state may ask of a training loader's dataset (:mod:`kd_lightning.core.context`):
+    ``dataset_size`` (``None`` without a sized dataset: a ``CombinedLoader``, an iterable) and ``dataset_labels``
+    ``[N]`` (its ``labels`` or ``targets`` attribute when it has one of that length, else ``None``)."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        size = len(dataset) if dataset is not None else None
+    except TypeError:
+        size = None
+    labels = None
+    for name in ("labels", "targets"):
+        found = getattr(dataset, name, None)
+        if size is not None and found is not None and not callable(found):
+            found = torch.as_tensor(found)
+            if found.ndim == 1 and len(found) == size and not found.is_floating_point():
+                labels = found.long()
+                break
+    return {"dataset_size": size, "dataset_labels": labels}
 
 
 def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes: int) -> None:
@@ -276,3 +315,17 @@ def check_channels(batch: Batch, networks: Mapping[str, nn.Module]) -> None:
 
 
 __all__ = ["check_batch", "check_inputs_fit", "check_label_range", "first_training_batch"]
+
+
+def check_sample_indices(batch: Batch, terms: Any) -> None:
+    """Raise when a loss keeps per-sample state (``"index"`` in its ``batch_context``: CRD's memory banks) but the
+    training batches carry no sample indices, before the first step rather than inside it."""
+    if batch.index is not None:
+        return
+    for term in terms:
+        if "index" in getattr(term, "context_names", ()):
+            raise ValueError(
+                f"the distillation term {term.name!r} ({type(term.loss).__name__}) keeps a row per training sample and "
+                f"reads each sample's index, but the training batches carry none; set return_index: true in the "
+                f"datamodule's init_args (data.init_args.return_index), or give (x, y, index) batches."
+            )

@@ -17,6 +17,7 @@ from torch import nn
 
 from kd_lightning.core.networks import require_network as check_network
 from kd_lightning.core.objective import DistillTerm
+from kd_lightning.models.deit import DISTILLATION_HEAD, DistilledViT
 
 
 def check_terms(terms: Any, argument: str = "terms") -> list[DistillTerm] | None:
@@ -141,3 +142,33 @@ def check_budget(trainer: Any) -> None:
 
 
 __all__ = ["NONFINITE_ACTIONS", "check_network"]
+
+
+def check_distillation_token(student: nn.Module, objective: Any) -> None:
+    """Raise when DeiT's two heads would not both train: a timm distilled ViT given as it is (it trains on the average
+    of its heads), or a :class:`~kd_lightning.models.deit.DistilledViT` whose distillation head no term reads, or whose
+    class head gets no hard-label loss (``ce_weight: 0``); each untrained head would still be half of the prediction."""
+    if type(student).__name__ == "VisionTransformerDistilled":
+        raise ValueError(
+            "the student is a timm distilled ViT given as it is: in training it returns the average of its class and "
+            "distillation heads, so both would learn the labels and the teacher alike; wrap it, "
+            "kd_lightning.models.DistilledViT(model) (or build it with kd_lightning.models.deit_student), and add a "
+            f"DistillTerm reading student: {DISTILLATION_HEAD}."
+        )
+    if not isinstance(student, DistilledViT):
+        return
+    terms = list(getattr(objective, "terms", []))
+    if not any(DISTILLATION_HEAD in term.student_names for term in terms):
+        raise ValueError(
+            f"the student is a DistilledViT but no distillation term reads its distillation head "
+            f"({DISTILLATION_HEAD}): that head would never train, yet the prediction at inference averages it with the "
+            f"class head; add a DistillTerm with student: {DISTILLATION_HEAD}, teacher: logits "
+            f"(kd_lightning.losses.HardDistillationLoss, DeiT's best, or KDLoss), or use a ViT without a distillation "
+            f"token."
+        )
+    if getattr(objective, "ce_weight", 1.0) == 0:
+        raise ValueError(
+            "the student is a DistilledViT trained with ce_weight: 0, so its class head never learns the labels, yet "
+            "the prediction at inference averages it with the distillation head; set ce_weight > 0 (DeiT: 0.5 beside "
+            "the distillation term's 0.5)."
+        )

@@ -32,6 +32,7 @@ from kd_lightning.files import read_checkpoint
 from kd_lightning.modules import (
     _agreement,
     _checkpoints,
+    _cross_tokenizer,
     _evaluation,
     _first_batch,
     _guards,
@@ -181,7 +182,14 @@ class DistillationModule(L.LightningModule):
             return [Deployable("network", "student", self.student, dict(STUDENT_METRICS))]
         single = len(teachers) == 1
         rows = [
-            Deployable(name, "teacher", network, {"acc": "test/teacher_acc" if single else f"test/teacher_acc_{name}"})
+            Deployable(
+                name,
+                "teacher",
+                network,
+                {"acc": "test/teacher_acc", "ppl": "test/teacher_ppl"}
+                if single
+                else {"acc": f"test/teacher_acc_{name}"},
+            )
             for name, network in teachers.items()
         ]
         compared = [row.name for row in rows]
@@ -204,7 +212,10 @@ class DistillationModule(L.LightningModule):
         normalizers = None
         if self.training and self._trainer is not None and self.trainer.training and batch.is_sequence:
             normalizers = window_normalizers(batch, self.trainer, self._warned_token_window)
-        return batch.targets(self.causal_lm, normalizers)
+        teacher_causal = None
+        if batch.teacher_view is not None:
+            teacher_causal = any(is_causal_lm(network) for network in self._teacher_networks())
+        return batch.targets(self.causal_lm, normalizers, teacher_causal, getattr(self, "_dataset_context", None))
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor] | None:
         """Teacher logits and features (detached targets) from the teacher source; ``None`` when there is none, or
@@ -350,6 +361,8 @@ class DistillationModule(L.LightningModule):
         """Update and log the ``stage`` metrics of the student's output kind (see :mod:`~._evaluation`)."""
         batch = self.format_batch(batch)
         logits, teacher_logits = self.evaluation_logits(batch, stage)
+        if batch.teacher_view is not None:  # another tokenization: no token-by-token comparison with the student
+            teacher_logits = None
         target = self.targets(batch)
         kind = _evaluation.output_kind(logits, self.student_tap.output_kind)
         updates = _evaluation.evaluation_updates(kind, logits, teacher_logits, target)
@@ -532,10 +545,13 @@ class DistillationModule(L.LightningModule):
         teacher source's own check, part by part of a combined loader."""
         _guards.check_budget(self.trainer)
         _guards.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
+        _guards.check_distillation_token(self.student, self.objective)
         parts = self.example_batch()
         if self.objective.ce_weight > 0 and not any(part.labels is not None for part in parts.values()):
             raise missing_labels_error()
+        self._dataset_context = _first_batch.dataset_context(self.training_dataloader())
         for part in parts.values():
+            _first_batch.check_sample_indices(part, self.objective.terms)
             _first_batch.check_inputs_fit(part, self.networks(), self.num_classes)
             self.dry_run(self.format_batch(part.head(DRY_RUN_SAMPLES)))
             if part.labels is not None and not part.is_sequence:
@@ -570,6 +586,7 @@ class DistillationModule(L.LightningModule):
         Errors surface here, before the first training step; BatchNorm statistics are not touched.
         """
         batch = Batch.parse(batch)
+        _cross_tokenizer.check_cross_tokenizer(self, batch)
         with self.temporarily_in_eval_mode():
             student = self.student_outputs(batch)
             teacher = self.teacher_outputs(batch)

@@ -206,7 +206,7 @@ class FrozenTeacher(TeacherSource):
             )
         if self.tap is None:
             raise RuntimeError("FrozenTeacher.bind(student, layers, num_classes) must be called before outputs().")
-        batch = Batch.parse(batch)
+        batch = Batch.parse(batch).for_teacher()  # its own tokenization of the texts, when the data has one
         with torch.no_grad():
             if self.renormalize is not None:
                 batch = batch.map_inputs(self.renormalize)
@@ -233,7 +233,7 @@ class FrozenTeacher(TeacherSource):
             raise ValueError(f"the {self.describe()} gives NaN/inf outputs on the first training batch: {cause}.")
         if self.allow_untrained or self.weights is not None or pretrained_source(self.network):
             return
-        targets = batch.targets(causal=is_causal_lm(self.network))
+        targets = Batch.parse(batch).for_teacher().targets(causal=is_causal_lm(self.network))
         if targets.labels is None:
             raise ValueError(
                 f"nothing shows the {self.describe()} is trained: no weights file, no pretrained builder, and the "

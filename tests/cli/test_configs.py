@@ -161,6 +161,8 @@ SEQUENCE_CONFIGS = {
     "HiddenMSELoss": "minilm_l3.yaml",
     "EmbeddingCosineLoss": "minilm_l3.yaml",
     "PairwiseCosineLoss": "minilm_l3.yaml",
+    "ULDLoss": "gpt2_tiny_uld.yaml",
+    "SpanAlignedKLLoss": "gpt2_tiny_span_kl.yaml",
 }
 
 

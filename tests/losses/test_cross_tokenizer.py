@@ -477,9 +477,11 @@ def test_span_aligned_module():
             student.float(), teacher.float(), groups, s_shared, t_shared, s_tokens, t_tokens, 2.0, 0.5, "first"
         ),
     )
-    assert repr(module) == "SpanAlignedKLLoss(shared=3, temperature=2.0, uld_weight=0.5, merge='first')"
+    assert repr(module) == (
+        "SpanAlignedKLLoss(shared=3, temperature=2.0, uld_weight=0.5, merge='first', positions='labelled')"
+    )
     assert module.state_dict() == {}
-    with pytest.raises(ValueError, match="needs groups="):
+    with pytest.raises(ValueError, match="needs the aligned character spans"):
         module(student, teacher)
     with pytest.raises(ValueError, match="non-empty 1-d"):
         SpanAlignedKLLoss(torch.tensor([0, 1]), torch.tensor([0]))

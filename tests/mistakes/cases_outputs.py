@@ -130,6 +130,29 @@ CLI_MISTAKES = [
         1,
     ),
     CliMistake(
+        "a student-alone report of another architecture",
+        run(
+            "offline_kd.yaml",
+            lambda p: (
+                "--report.student_alone="
+                + write(
+                    p,
+                    "wide_alone.json",
+                    json.dumps(
+                        {
+                            "networks": [
+                                {"name": "network", "role": "student", "class": "DigitsMLP", "parameters": 9999}
+                            ],
+                            "measurement": {"threads": 1},
+                        }
+                    ),
+                )
+            ),
+        ),
+        ("wide_alone.json", "this run's student architecture", "9,999"),
+        None,
+    ),
+    CliMistake(
         "the report written over the student-alone report it compares with",
         run(
             "offline_kd.yaml",

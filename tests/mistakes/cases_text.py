@@ -303,6 +303,39 @@ CLI_MISTAKES = [
         ("reads positions: real", "set positions: labelled"),
         1,
     ),
+    # cross-tokenizer distillation
+    CliMistake(
+        "a same-vocabulary token loss on data tokenized for two models",
+        text_edited(
+            "gpt2_tiny_uld.yaml", NO_TEACHER_FILE, ("kd_lightning.losses.ULDLoss", "kd_lightning.losses.ForwardKLLoss")
+        ),
+        ("compares the two networks position by position", "teacher_tokenizer", "ULDLoss"),
+        1,
+    ),
+    CliMistake(
+        "span alignment without the teacher's tokenizer",
+        text_edited(
+            "gpt2_tiny_span_kl.yaml",
+            NO_TEACHER_FILE,
+            ("teacher_tokenizer: checkpoints/text/python_help_bpe,", ""),
+        ),
+        ("aligns two tokenizations of each text by character spans", "set data.init_args.teacher_tokenizer"),
+        1,
+    ),
+    CliMistake(
+        "a student of another vocabulary distilled without the teacher's tokenizer",
+        text_edited(
+            "gpt2_tiny_uld.yaml", NO_TEACHER_FILE, ("teacher_tokenizer: checkpoints/text/python_help_bpe,", "")
+        ),
+        ("must share a vocabulary", "data.init_args.teacher_tokenizer", "ULDLoss"),
+        1,
+    ),
+    CliMistake(
+        "cross-tokenizer data for a masked-LM task",
+        text_edited("gpt2_tiny_uld.yaml", NO_TEACHER_FILE, ("task: clm", "task: mlm")),
+        ("teacher_tokenizer tokenizes each unit for both models", "use task: clm", "data.init_args.task"),
+        2,
+    ),
     CliMistake(
         "the MiniLM store recipe before its store is labelled",
         text_edited("minilm_l3_store.yaml"),

@@ -76,6 +76,19 @@ def dict_batches_with(key: str) -> Callable[[dict], None]:
 
 
 CLI_MISTAKES = [
+    # methods that need more than the outputs: DeiT's two heads, CRD's per-sample memory
+    CliMistake(
+        "DeiT's distillation token with no hard-label loss on the class head",
+        digits_edited("harddistillation.yaml", ("ce_weight: 0.5", "ce_weight: 0.0")),
+        ("DistilledViT trained with ce_weight: 0", "class head never learns the labels", "set ce_weight > 0"),
+        1,
+    ),
+    CliMistake(
+        "CRD on batches without sample indices",
+        digits_edited("crd.yaml", ("seed: 0, return_index: true", "seed: 0, return_index: false")),
+        ("keeps a row per training sample", "data.init_args.return_index"),
+        1,
+    ),
     # the data's images against the network's first layer
     CliMistake(
         "3-channel timm teacher on 1-channel digits",

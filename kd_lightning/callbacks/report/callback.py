@@ -31,18 +31,13 @@ from kd_lightning.files.outputs import is_report
 
 FIELDS = ("acc", "ppl", "agreement", "kl", "cosine")
 """Test metrics of a network in the report (``None`` where they do not apply)."""
-BASELINE_FIELDS = (
-    "class",
-    "parameters",
-    "size_bytes",
-    "latency_ms",
-    "throughput",
-    "latency_runs",
-    "throughput_runs",
-    "acc",
-    "ppl",
-)
+BASELINE_FIELDS = ("class", "parameters", "acc", "ppl")
+"""What the ``student_alone`` report supplies: its architecture (checked against this run's student) and its quality."""
+COST_FIELDS = ("size_bytes", "latency_ms", "throughput", "latency_runs", "throughput_runs")
+"""What the "student alone" row takes from this run's student, measured here (never from the other run's file)."""
 FILES = ("report.json", "report.md", "report.png")
+FIGURE_FILES = ("report.png", "report.pdf", "report.svg")
+"""The figure, one basename, three formats (:func:`~kd_lightning.callbacks.report.render.write_figures`)."""
 STUDENT_ALONE_FIX = (
     "set student_alone to the report.json that a run of the student alone wrote into its log directory (e.g. "
     "runs/digits/baseline/lightning_logs/version_0/report.json after `kd-lightning fit --config "
@@ -55,7 +50,9 @@ def _finite(value: float | None) -> float | None:
 
 
 def read_student_alone(path: str) -> dict[str, Any]:
-    """The deployed network's row of another run's ``report.json``, as the report's "student alone" row.
+    """The deployed network's row of another run's ``report.json``: its class, parameters, test accuracy and
+    perplexity (any report this callback ever wrote: older files hold more, which is not read). Its size, latency and
+    throughput are not taken: the report measures them in its own run (:func:`student_alone_row`).
 
     Raises:
         ValueError: the file is missing, unreadable, not JSON or not written by :class:`DistillationReport`.
@@ -78,9 +75,44 @@ def read_student_alone(path: str) -> dict[str, Any]:
             f"expected student_alone to be a report.json written by DistillationReport (a 'networks' list with the "
             f"student's row) but {path!r} has none; {STUDENT_ALONE_FIX}."
         )
-    threads = report.get("measurement", {}).get("threads")
     values = {key: row.get(key) for key in BASELINE_FIELDS}
-    return {"name": "student alone", "role": "student alone", **values, "source": str(path), "threads": threads}
+    return {"name": "student alone", "role": "student alone", **values, "source": str(path)}
+
+
+def check_student_alone(baseline: dict[str, Any], network_class: str | None, parameters: int) -> None:
+    """Refuse a ``student_alone`` report of another architecture than this run's student (its class, when the report
+    records one, and its parameter count): its latency is measured here, on this run's student.
+
+    Raises:
+        ValueError: naming the file, both architectures and the fix.
+    """
+    recorded = baseline.get("class")
+    same_class = recorded is None or network_class is None or recorded == network_class
+    if same_class and baseline["parameters"] == parameters:
+        return
+    theirs = f"{recorded or 'a network'} with {baseline['parameters']:,} parameters"
+    raise ValueError(
+        f"expected student_alone {baseline['source']!r} to report this run's student architecture ({network_class} "
+        f"with {parameters:,} parameters) but it reports {theirs}: the report measures the student alone's latency "
+        f"here, on this run's student, so both must be the same network; set student_alone to the report.json of a "
+        f"run that trained this run's student network alone (e.g. runs/digits/baseline/lightning_logs/version_0/"
+        f"report.json after `kd-lightning fit --config configs/digits/baseline.yaml` with the same student), or to "
+        f"null."
+    )
+
+
+def student_alone_row(baseline: dict[str, Any], student: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The "student alone" row: the quality from the other run's report (``baseline``), the cost (size, latency,
+    throughput) measured in this run on this run's student — the same architecture (:func:`check_student_alone`),
+    the same inputs and threads, one measurement for both columns, so the two differ only in what training made of
+    the weights (two timings of one network would differ by noise alone). ``cost_measured_here`` and
+    ``cost_measured_on`` (the student's name) say so in ``report.json``; ``threads`` are this run's.
+    """
+    row = {key: baseline[key] for key in ("name", "role", "class", "parameters")}
+    row.update({key: student.get(key) for key in COST_FIELDS})
+    row.update(acc=baseline.get("acc"), ppl=baseline.get("ppl"), source=baseline["source"], threads=threads)
+    row.update(cost_measured_here=True, cost_measured_on=student["name"])
+    return row
 
 
 class DistillationReport(L.Callback):
@@ -89,23 +121,32 @@ class DistillationReport(L.Callback):
 
     The report is printed as a table, logged once to the trainer's loggers (``report/<network>/<field>``, and
     ``report/<student>_vs_<reference>/{smaller,faster,share}``), and written to the run directory
-    (``trainer.log_dir``, or ``default_root_dir`` without a logger) as ``report.json``, ``report.md`` and
-    ``report.png`` (accuracy against parameters and against latency). It runs on rank 0 only. Timings are taken on
+    (``trainer.log_dir``, or ``default_root_dir`` without a logger) as ``report.json``, ``report.md`` and a figure for
+    a paper, ``report.png`` (3.4 in wide, one column, 300 dpi), ``report.pdf`` and ``report.svg`` (vectors, text as
+    text): the test quality against parameters and against latency, with labelled ticks — perplexity for a language
+    model (lower is better), accuracy for a classifier, cosine to the teacher's states for an encoder
+    (:func:`~kd_lightning.callbacks.report.render.figure`). It runs on rank 0 only. Timings are taken on
     the CPU on real inputs (the first test batch: one sample for latency, its samples repeated to
     ``throughput_batch`` for throughput) with ``threads`` intra-op threads (the method:
     :mod:`kd_lightning.callbacks.report.measure`). A plot that cannot be drawn (a model without test accuracy has no
-    plot), or a network that cannot be timed, is a warning, never a failed run.
+    plot), or a network that cannot be timed, is a warning, never a failed run. Every size and timing is measured in
+    this run, the student alone's included.
 
     ``report.json`` holds ``networks`` (one row per network: ``name``, ``role``, ``class``, ``parameters``,
     ``size_bytes``, ``latency_ms``, ``throughput`` in samples/s, ``acc``, ``ppl``, ``agreement``, ``kl``,
-    ``cosine``), ``headlines``, ``headline``, ``measurement`` (threads, repeats, input shape, methods), and, as
-    before, ``student_params``, ``teacher_params`` and every ``test/...`` metric.
+    ``cosine``; the student alone's row also ``source``, the file its quality comes from, ``cost_measured_here:
+    true`` and ``cost_measured_on``, the network whose measurement its cost is), ``headlines``, ``headline``,
+    ``measurement`` (threads, repeats, input shape, methods), and, as before, ``student_params``, ``teacher_params``
+    and every ``test/...`` metric.
 
     Args:
         path: also write the JSON to this file (``None``: the run directory only).
         verbose: print the table.
         student_alone: the ``report.json`` of a run of the student alone (a ``Classifier`` baseline): its network
-            becomes the "student alone" row and plot point. Read, and checked, when the callback is built.
+            becomes the "student alone" row and plot point. Only its test accuracy and perplexity are taken; its
+            size, latency and throughput are this run's student's, measured here (the same architecture, inputs and
+            threads; ``cost_measured_here: true`` in the JSON, a note in the Markdown). Read when the callback is
+            built; an architecture other than this run's student (class or parameter count) is refused at setup.
         threads: intra-op CPU threads while timing (``None``: torch's current setting); restored afterwards.
         warmup: untimed calls before timing, per network and batch size.
         repeats: timed runs per network and batch size; the median is reported.
@@ -153,8 +194,17 @@ class DistillationReport(L.Callback):
         return [(self.path, "this run's report", "DistillationReport.path", is_report)] if self.path else []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Before anything runs: the report's file replaces nothing good (the ``student_alone`` it reads above all)."""
+        """Before anything runs: the report's file replaces nothing good (the ``student_alone`` it reads above all),
+        and the ``student_alone`` report is of this run's student architecture."""
         check_run_outputs(self, trainer, pl_module)
+        student = getattr(pl_module, "student", None)
+        if self.baseline is None or not isinstance(student, torch.nn.Module):
+            return
+        try:
+            parameters = count_parameters(student)
+        except ValueError:  # lazy parameters: checked on the measured row at the end of test
+            return
+        check_student_alone(self.baseline, type(student).__name__, parameters)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._example = None
@@ -190,13 +240,12 @@ class DistillationReport(L.Callback):
         entries = pl_module.deployables(self._example)
         networks = [self.measured(entry, metrics) for entry in entries]
         if self.baseline is not None:
-            position = next(i for i, row in enumerate(networks) if row["role"] == "student")
-            networks.insert(position, dict(self.baseline))
-            if self.baseline["threads"] != self.measurement()["threads"]:
-                rank_zero_warn(
-                    f"the student alone ({self.student_alone}) was timed with {self.baseline['threads']} thread(s) "
-                    f"and this run with {self.measurement()['threads']}: set the same report.threads to compare them."
-                )
+            position, student = next((i, row) for i, row in enumerate(networks) if row["role"] == "student")
+            try:
+                check_student_alone(self.baseline, student["class"], student["parameters"])
+                networks.insert(position, student_alone_row(self.baseline, student, self.measurement()["threads"]))
+            except ValueError as error:  # a report never fails a finished run (setup refuses it when it can)
+                rank_zero_warn(f"the report leaves out the student alone: {error}")
         by_name = {row["name"]: row for row in networks}
         headlines = [
             headline(by_name[entry.name], by_name[other]) for entry in entries for other in entry.compared_with
@@ -252,7 +301,8 @@ class DistillationReport(L.Callback):
 
     # ----------------------------------------------------------------- the outputs
     def publish(self, trainer: L.Trainer, directory: Path) -> None:
-        """Print the table, log the scalars once, write ``report.json``, ``report.md`` and ``report.png``."""
+        """Print the table, log the scalars once, write ``report.json``, ``report.md`` and the figure
+        (``report.png``, ``report.pdf``, ``report.svg``)."""
         report = self.summary
         if self.verbose:
             Console().print(report_render.rich_table(report))
@@ -266,6 +316,6 @@ class DistillationReport(L.Callback):
         markdown = report_render.markdown(report)
         self.written.append(atomic_write(directory / FILES[1], lambda temporary: temporary.write_text(markdown)))
         try:
-            self.written.append(report_render.plot(report, directory / FILES[2]))
+            self.written.extend(report_render.write_figures(report, directory / FIGURE_FILES[0]))
         except Exception as error:  # cosmetic: the numbers are written already
             rank_zero_warn(f"the report's plot {directory / FILES[2]} was not drawn ({type(error).__name__}: {error})")
