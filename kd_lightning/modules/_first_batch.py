@@ -175,23 +175,13 @@ def check_inputs_fit(batch: Batch, networks: Mapping[str, nn.Module], num_classe
     if batch.teacher_view is not None:
         theirs = {name: network for name, network in networks.items() if name.startswith("teacher")}
         ours = {name: network for name, network in networks.items() if name not in theirs}
-        check_inputs_fit(batch.teacher_view, theirs, _vocabulary_size(theirs, num_classes))
+        check_token_ids(batch.teacher_view, theirs, None)
+        check_positions(batch.teacher_view, theirs)
         networks = ours
     check_token_ids(batch, networks, num_classes)
     check_positions(batch, networks)
     check_channels(batch, networks)
     check_data_task(batch, networks)
-
-
-def _vocabulary_size(networks: Mapping[str, nn.Module], default: int) -> int:
-    """The output size of the first network with an output embedding (the teacher's vocabulary), else ``default``."""
-    for network in networks.values():
-        embeddings = getattr(network, "get_output_embeddings", None)
-        table = embeddings() if callable(embeddings) else None
-        size = getattr(table, "out_features", None) or getattr(table, "num_embeddings", None)
-        if size is not None:
-            return int(size)
-    return default
 
 
 def dataset_context(loader: Any) -> dict[str, Any]:
@@ -214,9 +204,10 @@ def dataset_context(loader: Any) -> dict[str, Any]:
     return {"dataset_size": size, "dataset_labels": labels}
 
 
-def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes: int) -> None:
+def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes: int | None) -> None:
     """Raise when a batch's ``input_ids`` do not fit a network's input embedding (a model built for another
-    tokenizer), naming the network, both sizes and the fix, instead of an ``IndexError`` deep inside the model."""
+    tokenizer), naming the network, both sizes and the fix, instead of an ``IndexError`` deep inside the model.
+    ``num_classes`` ``None``: the ids are the teacher's own tokens of a cross-tokenizer batch."""
     ids = batch.inputs.get("input_ids") if isinstance(batch.inputs, Mapping) else None
     if not isinstance(ids, Tensor) or ids.numel() == 0:
         return
@@ -225,6 +216,12 @@ def check_token_ids(batch: Batch, networks: Mapping[str, nn.Module], num_classes
         embeddings = getattr(network, "get_input_embeddings", None)
         table = embeddings() if callable(embeddings) else None
         size = getattr(table, "num_embeddings", None)
+        if size is not None and largest >= size and num_classes is None:
+            raise ValueError(
+                f"the teacher's tokens (data.init_args.teacher_tokenizer) hold id {largest} but the {name} embeds only "
+                f"{size} tokens (vocab_size {size}); set teacher_tokenizer to the tokenizer the {name} was trained "
+                f"with, or build the {name} for that tokenizer (model_from_config vocab_size: its length)."
+            )
         if size is not None and largest >= size:
             raise ValueError(
                 f"the batches hold token id {largest} but the {name} embeds only {size} tokens (vocab_size {size}); "

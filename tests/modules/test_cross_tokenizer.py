@@ -248,3 +248,14 @@ def test_a_teacher_that_is_not_a_causal_lm_is_refused(tmp_path):
 def test_the_teacher_max_length_is_checked_against_the_teacher(tmp_path):
     model = module(ULDLoss(), teacher=gpt2(4096, 16, 0, positions=32))
     refused(model, data(teacher_max_length=48), tmp_path, "teacher_max_length=48")
+
+
+def test_a_teacher_built_for_fewer_tokens_than_its_tokenizer_is_refused(tmp_path):
+    model = module(ULDLoss(), teacher=gpt2(2048, 16, 0))
+    refused(model, data(), tmp_path, r"teacher's tokens \(data.init_args.teacher_tokenizer\) hold id \d+")
+
+
+@pytest.mark.parametrize("loss", [ULDLoss, SpanAlignedKLLoss], ids=["uld", "span"])
+def test_bf16_mixed(loss, tmp_path):
+    _, losses = fit(module(loss()), data(), tmp_path, steps=2, precision="bf16-mixed")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
