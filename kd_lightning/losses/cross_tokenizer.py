@@ -48,6 +48,7 @@ __all__ = [
     "pair_positions",
     "shared_vocabulary",
     "span_aligned_kl_loss",
+    "span_kl_from_ids",
     "uld_loss",
 ]
 
@@ -663,6 +664,81 @@ def groups_from_ids(student_groups: Tensor, teacher_groups: Tensor) -> list[list
     return batch
 
 
+def _base_rows(groups: Tensor, bound: int, merge: str) -> Tensor:
+    """``[B, bound]``: per group number, the row of its last (``merge="last"``) or first token, ``-1`` when absent."""
+    batch, length = groups.shape
+    valid = groups >= 0
+    key = torch.where(valid, groups, 0).long()
+    positions = torch.arange(length, device=groups.device).expand(batch, length)
+    if merge == "last":
+        values = torch.where(valid, positions, -1)
+        start = torch.full((batch, bound), -1, dtype=torch.long, device=groups.device)
+        return start.scatter_reduce(1, key, values, reduce="amax", include_self=True)
+    values = torch.where(valid, positions, length)
+    start = torch.full((batch, bound), length, dtype=torch.long, device=groups.device)
+    first = start.scatter_reduce(1, key, values, reduce="amin", include_self=True)
+    return torch.where(first < length, first, -1)
+
+
+def span_kl_from_ids(
+    student: Tensor,
+    teacher: Tensor,
+    student_groups: Tensor,
+    teacher_groups: Tensor,
+    student_shared: Tensor,
+    teacher_shared: Tensor,
+    temperature: float = 1.0,
+    merge: str = "last",
+    num_tokens: Tensor | float | None = None,
+) -> Tensor:
+    """:func:`span_aligned_kl_loss` with ``uld_weight = 0``, from the group number of each row, on the device.
+
+    The same value as the list form (the KL term reads only each group's base row): per group number the base row of
+    each side is found by a scatter (``amax`` / ``amin`` of the row positions), a group counts when both sides have
+    it, and the rows are gathered on the shared vocabulary; nothing is read on the host, so a GPU never waits.
+    ``student_groups`` ``[B, L_s]`` and ``teacher_groups`` ``[B, L_t]`` number each group once per sequence on both
+    sides (``-1``: a row in none), as :mod:`kd_lightning.core.context` passes them.
+
+    Example:
+        >>> student = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]]])  # vocabulary ["a", "b", "c"]
+        >>> teacher = torch.tensor([[[0.0, 2.0, 5.0, 1.0]]])  # vocabulary ["x", "a", "y", "b"]
+        >>> shared = shared_vocabulary({"a": 0, "b": 1, "c": 2}, {"x": 0, "a": 1, "y": 2, "b": 3})
+        >>> ids = torch.tensor([[0, 0]]), torch.tensor([[0]])
+        >>> round(span_kl_from_ids(student.flip(-1), teacher, *ids, *shared).item(), 4)
+        0.1109
+    """
+    name = "span_kl_from_ids"
+    check_positive("temperature", temperature)
+    _check_merge(merge)
+    _check_logits(student, name, "student")
+    _check_logits(teacher, name, "teacher")
+    for role, groups, logits in (("student", student_groups, student), ("teacher", teacher_groups, teacher)):
+        if tuple(groups.shape) != tuple(logits.shape[:2]) or groups.is_floating_point():
+            raise ValueError(
+                f"{name} expected integer {role}_groups of shape [B, L] = {tuple(logits.shape[:2])} but got "
+                f"{groups.dtype} {tuple(groups.shape)}; pass the group number of each row of the {role}'s logits."
+            )
+    student_shared = _check_ids(student_shared, student.shape[2], "student", name).to(student.device)
+    teacher_shared = _check_ids(teacher_shared, teacher.shape[2], "teacher", name).to(student.device)
+    bound = max(student.shape[1], teacher.shape[1], 1)
+    s_base = _base_rows(student_groups.to(student.device), bound, merge)
+    t_base = _base_rows(teacher_groups.to(student.device), bound, merge)
+    present = (s_base >= 0) & (t_base >= 0)
+
+    def rows(logits: Tensor, base: Tensor, shared: Tensor) -> Tensor:
+        picked = logits.index_select(2, shared)  # [B, L, S]
+        index = base.clamp(min=0)[..., None].expand(-1, -1, picked.shape[-1])
+        gathered = picked.gather(1, index).float()
+        gathered = torch.where(present[..., None], gathered, 0.0)  # absent groups: zeros, never NaN
+        return gathered if temperature == 1 else gathered / temperature
+
+    log_r_s = F.log_softmax(rows(student, s_base, student_shared), dim=-1)
+    log_r_t = F.log_softmax(rows(teacher.detach().to(student.device), t_base, teacher_shared), dim=-1)
+    per_group = torch.where(present, temperature**2 * _kl_rows(log_r_t, log_r_s), 0.0)
+    total = per_group.sum()
+    return total / token_normaliser(num_tokens, present.sum(), total, name)
+
+
 # ---------------------------------------------------------------- modules
 
 
@@ -769,8 +845,8 @@ class SpanAlignedKLLoss(TokenLoss):
     ``-1``: none), which the Lightning modules pass for a batch of ``TextDataModule(teacher_tokenizer=...)``
     (:mod:`kd_lightning.core.context`: spans whose every row the ``positions`` rule selects on both sides); the rows'
     tokens as ``student_tokens`` / ``teacher_tokens``. ``num_tokens`` is the student's token count there (a sum over
-    spans per student token of the effective batch). The group numbers are read on the host (``tolist``) once per
-    step.
+    spans per student token of the effective batch). With ``uld_weight = 0`` the group numbers stay on the device
+    (:func:`span_kl_from_ids`); the hybrid term reads them on the host (``tolist``) once per step.
 
     Args:
         student_shared: ``[S]`` student ids of the shared tokens (:func:`shared_vocabulary`), or ``None``.
@@ -878,6 +954,18 @@ class SpanAlignedKLLoss(TokenLoss):
                     f"{name} needs the aligned character spans of the two tokenizations: groups= (one list of "
                     f"align_spans groups per sequence), or data that tokenizes each text for both models with "
                     f"character offsets (TextDataModule teacher_tokenizer, both tokenizers fast: a tokenizer.json)."
+                )
+            if self.uld_weight == 0:  # the KL term alone: on the device, no host read
+                return span_kl_from_ids(
+                    student,
+                    teacher,
+                    student_groups,
+                    teacher_groups,
+                    self.student_shared,
+                    self.teacher_shared,
+                    temperature=self.temperature,
+                    merge=self.merge,
+                    num_tokens=num_tokens,
                 )
             groups = groups_from_ids(student_groups, teacher_groups)
         return span_aligned_kl_loss(

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from kd_lightning.losses import cross_tokenizer
 from kd_lightning.losses.cross_tokenizer import (
     SpanAlignedKLLoss,
     SpanGroup,
@@ -532,3 +533,39 @@ def test_span_aligned_kl_bad_inputs():
         call(uld_weight=1.0, student_tokens=s_tokens, teacher_tokens=t_tokens[:, :2])
     with pytest.raises(ValueError, match="temperature > 0"):
         call(temperature=-1.0)
+
+
+@pytest.mark.parametrize("merge", ["last", "first"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_span_kl_from_ids_equals_the_list_form(merge, temperature):
+    """The device form (group numbers per row, a scatter) against the list form on spans of real tokenizers."""
+    bpe, wordpiece = _tokenizers()
+    generator = torch.Generator().manual_seed(11)
+    s_ids, t_ids, groups = [], [], []
+    texts = TEXTS[:2]
+    encoded = [(bpe(text, return_offsets_mapping=True), wordpiece(text, return_offsets_mapping=True)) for text in texts]
+    s_len, t_len = (max(len(pair[i]["input_ids"]) for pair in encoded) + 2 for i in (0, 1))
+    for text, (s_enc, t_enc) in zip(texts, encoded, strict=True):
+        spans = align_spans(s_enc["offset_mapping"], t_enc["offset_mapping"], text=text)
+        row_s, row_t = torch.full((s_len,), -1), torch.full((t_len,), -1)
+        kept = []
+        for number, span in enumerate(spans[1:-1]):  # some spans left out, as masked positions would be
+            row_s[list(span.student)], row_t[list(span.teacher)] = number, number
+            kept.append((list(span.student), list(span.teacher)))
+        s_ids.append(row_s)
+        t_ids.append(row_t)
+        groups.append(kept)
+    student = torch.randn(2, s_len, len(bpe.get_vocab()), generator=generator, requires_grad=True)
+    teacher = torch.randn(2, t_len, len(wordpiece.get_vocab()), generator=generator)
+    student.data[0, -1] = float("nan")  # a row in no span is never read
+    shared = shared_vocabulary(bpe.get_vocab(), wordpiece.get_vocab())
+    ours = cross_tokenizer.span_kl_from_ids(
+        student, teacher, torch.stack(s_ids), torch.stack(t_ids), *shared, temperature=temperature, merge=merge
+    )
+    reference = span_aligned_kl_loss(student, teacher, groups, *shared, temperature=temperature, merge=merge)
+    torch.testing.assert_close(ours, reference)
+    ours_grad, reference_grad = (torch.autograd.grad(value, student)[0] for value in (ours, reference))
+    torch.testing.assert_close(ours_grad, reference_grad)
+    module = SpanAlignedKLLoss(*shared, temperature=temperature, merge=merge)
+    value = module(student, teacher, student_groups=torch.stack(s_ids), teacher_groups=torch.stack(t_ids))
+    torch.testing.assert_close(value, reference)

@@ -106,11 +106,12 @@ def test_uld_in_the_module_pairs_the_lth_completion_tokens(teacher_tokenizer):
     torch.testing.assert_close(losses["uld"].double(), total / student_tokens, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("uld_weight", [0.0, 0.5])  # the device form (KL alone) and the list form (hybrid)
 @pytest.mark.parametrize("teacher_tokenizer", [BPE, MINILM])
-def test_span_aligned_kl_in_the_module_matches_spans_found_from_the_texts(teacher_tokenizer):
+def test_span_aligned_kl_in_the_module_matches_spans_found_from_the_texts(teacher_tokenizer, uld_weight):
     """The reference aligns each text's offsets itself (align_spans) and shifts by one row (a causal LM)."""
     dm = data(teacher_tokenizer)
-    model = module(SpanAlignedKLLoss(uld_weight=0.5), teacher_tokenizer)
+    model = module(SpanAlignedKLLoss(uld_weight=uld_weight), teacher_tokenizer)
     model.trainer = None
     batch = first_batch(dm)
     texts = dm.units["val"][: batch.size]
@@ -150,7 +151,7 @@ def test_span_aligned_kl_in_the_module_matches_spans_found_from_the_texts(teache
         loss.teacher_shared,
         s_tokens,
         t_tokens,
-        uld_weight=0.5,
+        uld_weight=uld_weight,
         num_tokens=1.0,
     )
     labelled = sum(len(rows) for rows in completion_rows(batch))
