@@ -115,7 +115,8 @@ def aligned_groups(student: Targets, teacher: Targets, rule: str) -> tuple[Tenso
         return None
     s_rows, t_rows = _row_groups(s_groups, student.causal), _row_groups(t_groups, teacher.causal)
     s_kept, t_kept = student.mask(rule) & (s_rows >= 0), teacher.mask(rule) & (t_rows >= 0)
-    size = int(max(s_groups.max(), t_groups.max()).clamp(min=0)) + 1 if s_groups.numel() else 1
+    # a group has a token on each side, so its number is below both lengths: a size known without reading the device
+    size = max(s_groups.shape[1], t_groups.shape[1], 1)
     complete = _complete(s_rows, s_kept, size) & _complete(t_rows, t_kept, size)
 
     def keep(rows: Tensor, kept: Tensor) -> Tensor:

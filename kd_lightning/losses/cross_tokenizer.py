@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from kd_lightning.losses._checks import check_non_negative, check_positive, token_normaliser
 from kd_lightning.losses.base import TokenLoss
 from kd_lightning.losses.token import _check_chunk_size, _row_mask
+from kd_lightning.losses.token import _check_logits as _check_shape
 
 __all__ = [
     "SpanAlignedKLLoss",
@@ -74,12 +75,13 @@ class SpanGroup(NamedTuple):
 
 
 def _check_logits(logits: Tensor, loss: str, role: str) -> None:
-    if not isinstance(logits, Tensor) or logits.ndim != 3:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    """Dense ``[B, L, V]`` logits (the token losses' check; stored top-k logits have no sorted tail to compare)."""
+    if not isinstance(logits, Tensor):
         raise ValueError(
-            f"{loss} expected {role} logits of shape [B, L, V] (3-d) but got {shape}; for class logits [B, C] use "
-            f"kd_lightning.losses.KDLoss."
+            f"{loss} expected {role} logits of shape [B, L, V] (3-d) but got {type(logits).__name__}; it compares "
+            f"whole distributions: give it a live teacher (or a dense store), not top-k logits."
         )
+    _check_shape(logits, loss, role)
 
 
 def _check_top_k(top_k: int | None) -> None:

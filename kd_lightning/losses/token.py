@@ -280,10 +280,11 @@ def _check_fraction(name: str, value: float, upper_closed: bool) -> None:
 
 
 def _check_logits(logits: Tensor, loss: str, role: str) -> None:
-    if logits.ndim != 3:
+    if getattr(logits, "ndim", None) != 3:  # a tensor, or SparseLogits (top-k values and indices [B, L, k])
+        shape = f"shape {tuple(logits.shape)}" if hasattr(logits, "shape") else type(logits).__name__
         raise ValueError(
-            f"{loss} expected {role} logits of shape [B, L, V] (3-d) but got shape {tuple(logits.shape)}; for class "
-            f"logits [B, C] use kd_lightning.losses.KDLoss."
+            f"{loss} expected {role} logits of shape [B, L, V] (3-d) but got {shape}; for class logits [B, C] use "
+            f"kd_lightning.losses.KDLoss."
         )
 
 

@@ -213,8 +213,8 @@ class DistillationModule(L.LightningModule):
         if self.training and self._trainer is not None and self.trainer.training and batch.is_sequence:
             normalizers = window_normalizers(batch, self.trainer, self._warned_token_window)
         teacher_causal = None
-        if batch.teacher_view is not None:
-            teacher_causal = any(is_causal_lm(network) for network in self._teacher_networks())
+        if batch.teacher_view is not None and self.teacher is not None:
+            teacher_causal = any(is_causal_lm(network) for network in self.teacher.networks().values())
         return batch.targets(self.causal_lm, normalizers, teacher_causal, getattr(self, "_dataset_context", None))
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor] | None:
@@ -249,8 +249,12 @@ class DistillationModule(L.LightningModule):
         return {name: value * (ce_scale if name == "ce" else term_scale) for name, value in losses.items()}
 
     def eval_teacher_logits(self, batch: Batch) -> Tensor | None:
-        """Teacher logits for the validation/test metrics, or ``None``."""
-        return None if self.teacher is None else self.teacher.eval_logits(Batch.parse(batch))
+        """Teacher logits for the validation/test metrics, or ``None``: also for a cross-tokenizer batch, whose teacher
+        reads other tokens over another vocabulary (no token-by-token comparison, so no teacher forward)."""
+        batch = Batch.parse(batch)
+        if self.teacher is None or batch.teacher_view is not None:
+            return None
+        return self.teacher.eval_logits(batch)
 
     def evaluation_logits(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor | None]:
         """Student and teacher logits ``[B, C]`` (teacher ``None`` when there is none) for the ``stage`` metrics.
@@ -361,8 +365,6 @@ class DistillationModule(L.LightningModule):
         """Update and log the ``stage`` metrics of the student's output kind (see :mod:`~._evaluation`)."""
         batch = self.format_batch(batch)
         logits, teacher_logits = self.evaluation_logits(batch, stage)
-        if batch.teacher_view is not None:  # another tokenization: no token-by-token comparison with the student
-            teacher_logits = None
         target = self.targets(batch)
         kind = _evaluation.output_kind(logits, self.student_tap.output_kind)
         updates = _evaluation.evaluation_updates(kind, logits, teacher_logits, target)
@@ -546,10 +548,11 @@ class DistillationModule(L.LightningModule):
         _guards.check_budget(self.trainer)
         _guards.check_scheduler(self.optimizer_factory, self.lr_scheduler_factory, self.trainer.max_epochs or 1)
         _guards.check_distillation_token(self.student, self.objective)
-        parts = self.example_batch()
+        loader = self.training_dataloader()
+        parts = self.example_batch(loader)
         if self.objective.ce_weight > 0 and not any(part.labels is not None for part in parts.values()):
             raise missing_labels_error()
-        self._dataset_context = _first_batch.dataset_context(self.training_dataloader())
+        self._dataset_context = _first_batch.dataset_context(loader)
         for part in parts.values():
             _first_batch.check_sample_indices(part, self.objective.terms)
             _first_batch.check_inputs_fit(part, self.networks(), self.num_classes)
@@ -569,10 +572,10 @@ class DistillationModule(L.LightningModule):
         """Raise when a network was replaced after construction (the taps, and so training, would use the old one)."""
         _agreement.check_taps(self)
 
-    def example_batch(self) -> dict[str | None, Batch]:
-        """The first training batch, checked (structure, finite inputs, integer labels), for the dry run, parsed into
-        its parts (one, or the loaders of a ``CombinedLoader``)."""
-        return _first_batch.first_training_batch(self.training_dataloader())
+    def example_batch(self, loader: Any = None) -> dict[str | None, Batch]:
+        """The first training batch of ``loader`` (default: the fit's), checked (structure, finite inputs, integer
+        labels), for the dry run, parsed into its parts (one, or the loaders of a ``CombinedLoader``)."""
+        return _first_batch.first_training_batch(loader if loader is not None else self.training_dataloader())
 
     def training_dataloader(self) -> Any:
         """The fit's training loader: the datamodule's, or the one passed to ``Trainer.fit``."""
